@@ -1,0 +1,147 @@
+// Package clientapi serves the client-server API (/_matrix/client/*).
+// Handlers are thin: they parse the request, call a component through its
+// interface and write the answer.
+package clientapi
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/gorilla/mux"
+
+	"github.com/plexus-chat/plexus/accounts"
+	"github.com/plexus-chat/plexus/internal/config"
+	"github.com/plexus-chat/plexus/internal/httputil"
+)
+
+// API holds what the client API handlers need.
+type API struct {
+	cfg      *config.Config
+	accounts accounts.API
+	uiaa     *uiaaSessions
+	nonces   *nonceStore
+
+	// limit is the general per-client limiter, authLimit the stricter one
+	// for login and registration; both nil when rate limiting is off.
+	limit     *httputil.RateLimiter
+	authLimit *httputil.RateLimiter
+}
+
+// New makes the client API.
+func New(cfg *config.Config, accts accounts.API) *API {
+	a := &API{cfg: cfg, accounts: accts, uiaa: newUIAASessions(), nonces: newNonceStore()}
+	if cfg.RateLimit.Enabled {
+		a.limit = httputil.NewRateLimiter(cfg.RateLimit.RequestsPerSecond, cfg.RateLimit.Burst)
+		a.authLimit = httputil.NewRateLimiter(cfg.RateLimit.AuthPerMinute/60, cfg.RateLimit.AuthBurst)
+	}
+	return a
+}
+
+// Register adds the client API's routes to root.
+func (a *API) Register(root *mux.Router) {
+	root.Handle("/.well-known/matrix/client", httputil.Handler(a.wellKnownClient)).Methods(http.MethodGet)
+	root.Handle("/.well-known/matrix/server", httputil.Handler(a.wellKnownServer)).Methods(http.MethodGet)
+	root.Handle("/_matrix/client/versions", httputil.Handler(a.versions)).Methods(http.MethodGet)
+
+	r := &router{api: a, mux: root}
+	a.registerAuthRoutes(r)
+	a.registerAccountRoutes(r)
+	a.registerDeviceRoutes(r)
+	a.registerProfileRoutes(r)
+	a.registerAccountDataRoutes(r)
+	a.registerFilterRoutes(r)
+	a.registerCapabilitiesRoutes(r)
+	a.registerAdminRoutes(root)
+}
+
+// router registers a handler under every client API version prefix that
+// clients still use for it.
+type router struct {
+	api *API
+	mux *mux.Router
+}
+
+// Versions of the client API path prefix.
+const (
+	v3   = "r0|v3"
+	v1   = "v1"
+	unst = "unstable"
+)
+
+func (r *router) handle(versions, path string, h http.Handler, methods ...string) {
+	prefix := "/_matrix/client/{apiVersion:(?:" + versions + ")}"
+	r.mux.Handle(prefix+path, h).Methods(methods...)
+}
+
+// public registers a handler that needs no access token. auth marks the
+// login and registration endpoints that get the stricter rate limit.
+func (r *router) public(versions, path string, h httputil.Handler, strict bool, methods ...string) {
+	a := r.api
+	r.handle(versions, path, httputil.Handler(func(w http.ResponseWriter, req *http.Request) error {
+		limiter := a.limit
+		if strict {
+			limiter = a.authLimit
+		}
+		if err := limiter.Check(httputil.ClientIP(req)); err != nil {
+			return err
+		}
+		return h(w, req)
+	}), methods...)
+}
+
+// AuthedHandler is a handler for a logged-in device.
+type AuthedHandler func(w http.ResponseWriter, r *http.Request, s *accounts.Session) error
+
+// authed registers a handler that needs a valid access token.
+func (r *router) authed(versions, path string, h AuthedHandler, methods ...string) {
+	a := r.api
+	r.handle(versions, path, httputil.Handler(func(w http.ResponseWriter, req *http.Request) error {
+		s, err := a.authenticate(req)
+		if err != nil {
+			return err
+		}
+		if err := a.limit.Check(s.Localpart); err != nil {
+			return err
+		}
+		return h(w, req, s)
+	}), methods...)
+}
+
+// accessToken finds the token in the Authorization header or, for older
+// clients, the access_token query parameter.
+func accessToken(r *http.Request) (string, bool) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, token, ok := strings.Cut(h, " ")
+		if ok && strings.EqualFold(scheme, "Bearer") && token != "" {
+			return strings.TrimSpace(token), true
+		}
+		return "", false
+	}
+	if t := r.URL.Query().Get("access_token"); t != "" {
+		return t, true
+	}
+	return "", false
+}
+
+func (a *API) authenticate(r *http.Request) (*accounts.Session, error) {
+	token, ok := accessToken(r)
+	if !ok {
+		return nil, httputil.MissingToken("Missing access token")
+	}
+	s, err := a.accounts.Authenticate(r.Context(), token, httputil.ClientIP(r))
+	switch err {
+	case nil:
+		return s, nil
+	case accounts.ErrTokenExpired:
+		return nil, httputil.UnknownToken("Access token has expired", true)
+	case accounts.ErrUnknownToken:
+		return nil, httputil.UnknownToken("Unknown access token", false)
+	default:
+		return nil, err
+	}
+}
+
+// userID is the full ID of a local user.
+func (a *API) userID(localpart string) string {
+	return "@" + localpart + ":" + a.cfg.ServerName
+}

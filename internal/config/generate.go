@@ -1,0 +1,101 @@
+package config
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"text/template"
+)
+
+// Generate renders cfg as a commented YAML file: every option with a line
+// saying what it does, and the environment variables that override them.
+func Generate(cfg Config) ([]byte, error) {
+	var env strings.Builder
+	for _, v := range EnvVars {
+		fmt.Fprintf(&env, "#   %-34s %s\n", v.Name, v.Field)
+	}
+	var buf bytes.Buffer
+	err := configTemplate.Execute(&buf, struct {
+		Config
+		Env string
+	}{cfg, env.String()})
+	return buf.Bytes(), err
+}
+
+var configTemplate = template.Must(template.New("config").Funcs(template.FuncMap{
+	"q": func(s string) string { return fmt.Sprintf("%q", s) },
+}).Parse(`# Plexus configuration. Relative paths are resolved against the data folder.
+# These environment variables override the settings below:
+{{.Env}}
+# The name of this server: the part after the colon in user IDs (@alice:example.org).
+# It cannot be changed once users exist.
+server_name: {{q .ServerName}}
+# The URL clients use to reach this server, if not https://<server_name> (used in well-known).
+public_baseurl: {{q .PublicBaseURL}}
+
+listen:
+  # Address for the client and federation APIs over plain HTTP (put a TLS proxy in front).
+  http: {{q .Listen.HTTP}}
+  # Optional address serving the same APIs over TLS, with the certificate and key below.
+  tls: {{q .Listen.TLS}}
+  # PEM certificate chain for the TLS listener.
+  tls_cert: {{q .Listen.TLSCert}}
+  # PEM private key for the TLS listener.
+  tls_key: {{q .Listen.TLSKey}}
+
+# The database: a path to an SQLite file, or a postgres://user:pass@host/db URL.
+database: {{q .Database}}
+
+# The ed25519 key this server signs events and requests with (made if missing).
+signing_key: {{q .SigningKey}}
+
+registration:
+  # Anyone may register with the m.login.dummy flow. Keep off on public servers.
+  open: {{.Registration.Open}}
+  # Secret for the shared-secret admin registration API (/_synapse/admin/v1/register); empty disables it.
+  shared_secret: {{q .Registration.SharedSecret}}
+  # Allow guest accounts (register?kind=guest).
+  guest_access: {{.Registration.GuestAccess}}
+  # bcrypt cost for password hashes (4..31; each step doubles the work).
+  bcrypt_cost: {{.Registration.BcryptCost}}
+
+rate_limit:
+  # Limit requests per client (user, or IP address without a login). Set false for tests only.
+  enabled: {{.RateLimit.Enabled}}
+  # Sustained requests per second per client.
+  requests_per_second: {{.RateLimit.RequestsPerSecond}}
+  # Requests a client may make in a burst above the sustained rate.
+  burst: {{.RateLimit.Burst}}
+  # Login and registration attempts per minute per IP address.
+  auth_per_minute: {{.RateLimit.AuthPerMinute}}
+  # Login and registration attempts allowed in a burst.
+  auth_burst: {{.RateLimit.AuthBurst}}
+
+log:
+  # One of trace, debug, info, warn, error.
+  level: {{q .Log.Level}}
+  # text for people, json for log collectors.
+  format: {{q .Log.Format}}
+
+# Largest request body accepted, in bytes (larger requests get M_TOO_LARGE).
+max_request_body_size: {{.MaxRequestBodySize}}
+
+well_known:
+  # Served as m.homeserver.base_url at /.well-known/matrix/client; empty serves nothing there.
+  client_base_url: {{q .WellKnown.ClientBaseURL}}
+  # Served as m.server at /.well-known/matrix/server (host:port for federation); empty serves nothing there.
+  server: {{q .WellKnown.Server}}
+
+federation:
+  # Notary servers asked for other servers' signing keys.
+  trusted_key_servers:{{range .Federation.TrustedKeyServers}}
+    - {{q .}}{{else}} []{{end}}
+  # Extra PEM certificate authorities trusted for outbound TLS.
+  ca_file: {{q .Federation.CAFile}}
+  # Accept any TLS certificate from other servers. For test deployments only.
+  insecure_skip_verify: {{.Federation.InsecureSkipVerify}}
+
+auth:
+  # Lifetime of access tokens issued together with a refresh token.
+  access_token_lifetime: {{q .Auth.AccessTokenLifetime.String}}
+`))

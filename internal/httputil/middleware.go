@@ -1,0 +1,162 @@
+package httputil
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
+)
+
+type ctxKey int
+
+const loggerKey ctxKey = iota
+
+// LoggerFrom returns the request's logger, which carries its request ID.
+func LoggerFrom(r *http.Request) *logrus.Entry {
+	if l, ok := r.Context().Value(loggerKey).(*logrus.Entry); ok {
+		return l
+	}
+	return logrus.NewEntry(logrus.StandardLogger())
+}
+
+// statusRecorder remembers the status a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	n, err := s.ResponseWriter.Write(b)
+	s.bytes += n
+	return n, err
+}
+
+// Flush lets long responses stream through the recorder.
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+var (
+	requestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "plexus",
+		Name:      "http_request_duration_seconds",
+		Help:      "Time to answer HTTP requests, by route and status.",
+		Buckets:   []float64{.001, .005, .01, .05, .1, .5, 1, 5, 30},
+	}, []string{"route", "method", "status"})
+	panicsTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "plexus",
+		Name:      "http_panics_total",
+		Help:      "Handler panics recovered into 500 responses.",
+	})
+)
+
+func init() {
+	prometheus.MustRegister(requestDuration, panicsTotal)
+}
+
+// Middleware wraps the whole server: it gives each request an ID and a
+// logger, logs and measures it, turns panics into 500 M_UNKNOWN, answers
+// CORS and caps the body at maxBody bytes.
+func Middleware(next http.Handler, maxBody int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		reqID := newRequestID()
+		logger := logrus.WithFields(logrus.Fields{"req_id": reqID, "method": r.Method, "path": r.URL.Path})
+		r = r.WithContext(context.WithValue(r.Context(), loggerKey, logger))
+		rec := &statusRecorder{ResponseWriter: w}
+		w = rec
+
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				panicsTotal.Inc()
+				logger.WithField("panic", p).WithField("stack", string(debug.Stack())).Error("handler panicked")
+				if rec.status == 0 {
+					WriteError(w, r, Unknown("Internal server error"))
+				}
+			}
+			status := rec.status
+			if status == 0 {
+				status = http.StatusOK
+			}
+			route := "unmatched"
+			if m := mux.CurrentRoute(r); m != nil {
+				if tpl, err := m.GetPathTemplate(); err == nil {
+					route = tpl
+				}
+			}
+			elapsed := time.Since(start)
+			requestDuration.WithLabelValues(route, r.Method, strconv.Itoa(status)).Observe(elapsed.Seconds())
+			logger.WithFields(logrus.Fields{"status": status, "ms": elapsed.Milliseconds(), "bytes": rec.bytes}).Debug("request")
+		}()
+
+		h := w.Header()
+		h.Set("X-Request-Id", reqID)
+		h.Set("Access-Control-Allow-Origin", "*")
+		h.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, DELETE, OPTIONS")
+		h.Set("Access-Control-Allow-Headers", "X-Requested-With, Content-Type, Authorization")
+		if r.Method == http.MethodOptions {
+			// Preflight: the spec forbids running the endpoint's logic.
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		if r.ContentLength > maxBody {
+			WriteError(w, r, TooLarge("Request body too large"))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		next.ServeHTTP(w, r)
+	})
+}
+
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// ClientIP is the address of the peer. Plexus does not trust forwarding
+// headers: behind a proxy every client shares the proxy's limits.
+func ClientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// NewRouter returns a router whose unknown paths and wrong methods are
+// answered with Matrix errors.
+func NewRouter() *mux.Router {
+	r := mux.NewRouter()
+	r.NotFoundHandler = Handler(func(w http.ResponseWriter, r *http.Request) error {
+		return Unrecognized("Unrecognized request")
+	})
+	r.MethodNotAllowedHandler = Handler(func(w http.ResponseWriter, r *http.Request) error {
+		return MethodNotAllowed()
+	})
+	return r
+}

@@ -1,0 +1,172 @@
+// Package server assembles Plexus from its components and runs its HTTP
+// listeners. cmd/plexus and the integration tests both start servers here.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sirupsen/logrus"
+
+	"github.com/plexus-chat/plexus/accounts"
+	"github.com/plexus-chat/plexus/clientapi"
+	"github.com/plexus-chat/plexus/internal/config"
+	"github.com/plexus-chat/plexus/internal/httputil"
+	"github.com/plexus-chat/plexus/internal/signingkey"
+	"github.com/plexus-chat/plexus/storage"
+)
+
+// Server is a running homeserver.
+type Server struct {
+	Config   *config.Config
+	DB       *storage.DB
+	Key      *signingkey.Key
+	Accounts *accounts.Accounts
+	Handler  http.Handler
+
+	servers   []*http.Server
+	listeners []net.Listener
+	// Addrs are the addresses actually listened on: HTTP first, then TLS.
+	HTTPAddr, TLSAddr string
+}
+
+// New opens the database and signing key and builds every component.
+func New(ctx context.Context, cfg *config.Config) (*Server, error) {
+	key, _, err := signingkey.LoadOrGenerate(cfg.Path(cfg.SigningKey))
+	if err != nil {
+		return nil, fmt.Errorf("signing key: %w", err)
+	}
+	db, err := storage.Open(cfg.DatabaseConn())
+	if err != nil {
+		return nil, err
+	}
+	accts, err := accounts.New(ctx, db, accounts.Options{
+		BcryptCost:          cfg.Registration.BcryptCost,
+		AccessTokenLifetime: time.Duration(cfg.Auth.AccessTokenLifetime),
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts}
+	s.Handler = s.routes(clientapi.New(cfg, accts))
+	return s, nil
+}
+
+func (s *Server) routes(client *clientapi.API) http.Handler {
+	root := httputil.NewRouter()
+	client.Register(root)
+	root.Handle("/metrics", promhttp.Handler()).Methods(http.MethodGet)
+	root.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		var one int
+		if err := s.DB.Reader().QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+			httputil.WriteError(w, r, &httputil.Error{Status: http.StatusServiceUnavailable, Code: "M_UNKNOWN", Message: "Database unavailable"})
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("OK"))
+	}).Methods(http.MethodGet)
+	return httputil.Middleware(root, s.Config.MaxRequestBodySize)
+}
+
+// Listen opens the configured listeners; Serve then serves on them. They
+// are apart so that a caller knows the addresses (port 0 in tests) before
+// serving.
+func (s *Server) Listen() error {
+	cfg := s.Config
+	if cfg.Listen.HTTP != "" {
+		ln, err := net.Listen("tcp", cfg.Listen.HTTP)
+		if err != nil {
+			return fmt.Errorf("listen.http %s: %w", cfg.Listen.HTTP, err)
+		}
+		s.HTTPAddr = ln.Addr().String()
+		s.add(ln, nil)
+	}
+	if cfg.Listen.TLS != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.Path(cfg.Listen.TLSCert), cfg.Path(cfg.Listen.TLSKey))
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("listen.tls_cert/tls_key: %w", err)
+		}
+		ln, err := net.Listen("tcp", cfg.Listen.TLS)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("listen.tls %s: %w", cfg.Listen.TLS, err)
+		}
+		s.TLSAddr = ln.Addr().String()
+		s.add(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}), nil)
+	}
+	return nil
+}
+
+func (s *Server) add(ln net.Listener, _ *tls.Config) {
+	s.listeners = append(s.listeners, ln)
+	s.servers = append(s.servers, &http.Server{
+		Handler:           s.Handler,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          logrusErrorLog(),
+	})
+}
+
+func (s *Server) closeListeners() {
+	for _, ln := range s.listeners {
+		ln.Close()
+	}
+}
+
+// Serve serves on the listeners until Shutdown; it returns the first
+// serving error, or nil after a clean shutdown.
+func (s *Server) Serve() error {
+	errs := make(chan error, len(s.servers))
+	for i, srv := range s.servers {
+		go func() { errs <- srv.Serve(s.listeners[i]) }()
+	}
+	var first error
+	for range s.servers {
+		if err := <-errs; err != nil && !errors.Is(err, http.ErrServerClosed) && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// Shutdown stops accepting requests, lets those in flight finish (until ctx
+// ends) and closes the database.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var first error
+	for _, srv := range s.servers {
+		if err := srv.Shutdown(ctx); err != nil && first == nil {
+			first = err
+		}
+	}
+	if err := s.DB.Close(); err != nil && first == nil {
+		first = err
+	}
+	return first
+}
+
+// SetupLogging applies the log settings to the global logger.
+func SetupLogging(cfg *config.Config) {
+	level, err := logrus.ParseLevel(cfg.Log.Level)
+	if err != nil {
+		level = logrus.InfoLevel
+	}
+	logrus.SetLevel(level)
+	logrus.SetOutput(os.Stderr)
+	if cfg.Log.Format == "json" {
+		logrus.SetFormatter(&logrus.JSONFormatter{})
+	} else {
+		logrus.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	}
+}
