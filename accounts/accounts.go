@@ -49,6 +49,8 @@ type Accounts struct {
 	db         *storage.DB
 	bcryptCost int
 	lifetime   time.Duration
+	// dummyHash is checked against when the user does not exist.
+	dummyHash []byte
 
 	mu sync.Mutex
 	// lastSeen maps an access token hash to when (ms) its device's last-seen
@@ -74,10 +76,15 @@ func New(ctx context.Context, db *storage.DB, opts Options) (*Accounts, error) {
 	if err := db.Migrate(ctx, component, migrations); err != nil {
 		return nil, err
 	}
+	dummy, err := bcrypt.GenerateFromPassword([]byte("no such user"), cost)
+	if err != nil {
+		return nil, err
+	}
 	return &Accounts{
 		db:         db,
 		bcryptCost: cost,
 		lifetime:   lifetime,
+		dummyHash:  dummy,
 		lastSeen:   make(map[string]int64),
 	}, nil
 }
@@ -197,6 +204,9 @@ func (a *Accounts) CheckPassword(ctx context.Context, localpart, password string
 	err := a.db.Reader().QueryRowContext(ctx, sqlSelectPassword, acc.Localpart).
 		Scan(&hash, &acc.IsAdmin, &acc.IsGuest, &acc.Deactivated, &acc.CreatedTS)
 	if errors.Is(err, sql.ErrNoRows) {
+		// Spend the time a real check takes, so that response times do not
+		// tell which accounts exist.
+		_ = bcrypt.CompareHashAndPassword(a.dummyHash, bcryptInput(password))
 		return nil, ErrNotFound
 	}
 	if err != nil {

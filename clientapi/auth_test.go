@@ -107,3 +107,43 @@ func TestTokenErrors(t *testing.T) {
 		t.Fatalf("query token: %s", r)
 	}
 }
+
+func TestRegistrationRemembersParamsAndIsIdempotent(t *testing.T) {
+	s := testserver.New(t)
+	// The first request names the user; the second carries only auth.
+	r := s.Request("POST", "/_matrix/client/v3/register", "", map[string]any{
+		"username": "frank", "password": "pw", "device_id": "FRANKDEV", "inhibit_login": false,
+	})
+	session := r.Get("session").String()
+	if r.Status != 401 || session == "" {
+		t.Fatalf("first request: %s", r)
+	}
+	done := s.MustOK("POST", "/_matrix/client/v3/register", "", map[string]any{
+		"auth": map[string]string{"type": "m.login.dummy", "session": session},
+	})
+	if done.Get("user_id").String() != "@frank:localhost" || done.Get("device_id").String() != "FRANKDEV" {
+		t.Fatalf("remembered params: %s", done)
+	}
+	// Repeating the completed request gets the same answer, not a new user.
+	again := s.MustOK("POST", "/_matrix/client/v3/register", "", map[string]any{
+		"auth": map[string]string{"type": "m.login.dummy", "session": session},
+	})
+	if again.Get("user_id").String() != "@frank:localhost" || again.Get("access_token").String() != done.Get("access_token").String() {
+		t.Fatalf("replay: %s", again)
+	}
+	s.Login("frank", "pw")
+
+	// inhibit_login from the first request is remembered too.
+	r = s.Request("POST", "/_matrix/client/v3/register", "", map[string]any{"username": "gina", "password": "pw", "inhibit_login": true})
+	done = s.MustOK("POST", "/_matrix/client/v3/register", "", map[string]any{
+		"auth": map[string]string{"type": "m.login.dummy", "session": r.Get("session").String()},
+	})
+	if done.Get("device_id").Exists() || done.Get("access_token").Exists() {
+		t.Fatalf("inhibit_login not remembered: %s", done)
+	}
+}
+
+func TestInvalidUTF8IsNotJSON(t *testing.T) {
+	s := testserver.New(t)
+	s.ExpectError(400, "M_NOT_JSON", "POST", "/_matrix/client/v3/register", "", []byte("{\"username\":\"a\x81\"}"))
+}

@@ -95,7 +95,7 @@ func (a *API) deleteDevice(w http.ResponseWriter, r *http.Request, s *accounts.S
 	if err := readOptionalJSON(r, &req); err != nil {
 		return err
 	}
-	if _, err := a.requireUIAA(r, req.Auth, s.Localpart, passwordFlows); err != nil {
+	if _, err := a.requireUIAA(r, req.Auth, s.Localpart, passwordFlows, nil); err != nil {
 		return err
 	}
 	if err := a.accounts.DeleteDevices(r.Context(), s.Localpart, []string{mux.Vars(r)["deviceId"]}); err != nil {
@@ -116,7 +116,7 @@ func (a *API) deleteDevices(w http.ResponseWriter, r *http.Request, s *accounts.
 	if req.Devices == nil {
 		return httputil.MissingParam("devices is required")
 	}
-	if _, err := a.requireUIAA(r, req.Auth, s.Localpart, passwordFlows); err != nil {
+	if _, err := a.requireUIAA(r, req.Auth, s.Localpart, passwordFlows, nil); err != nil {
 		return err
 	}
 	// Only the user's existing devices are deleted, so the work done

@@ -2,6 +2,7 @@ package clientapi
 
 import (
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -26,9 +27,30 @@ type registerRequest struct {
 var registrationFlows = [][]string{{stageDummy}}
 
 func (a *API) register(w http.ResponseWriter, r *http.Request) error {
-	var req registerRequest
-	if err := httputil.ReadJSON(r, &req); err != nil {
+	body, err := httputil.ReadBody(r)
+	if err != nil {
 		return err
+	}
+	var req registerRequest
+	if err := httputil.DecodeJSONObject(body, &req); err != nil {
+		return err
+	}
+	if req.Auth != nil && req.Auth.Session != "" {
+		if s := a.uiaa.get(req.Auth.Session); s != nil && s.params != nil {
+			if s.result != nil {
+				// A repeat of a completed registration gets the same answer.
+				w.Header().Set("Content-Type", "application/json")
+				_, err := w.Write(s.result)
+				return err
+			}
+			// Later stages may send only "auth": use the first request's fields.
+			if req.Username == "" && req.Password == "" {
+				auth := req.Auth
+				req = registerRequest{}
+				_ = json.Unmarshal(s.params, &req)
+				req.Auth = auth
+			}
+		}
 	}
 	if err := checkDeviceFields(req.DeviceID, req.InitialDeviceDisplayName); err != nil {
 		return err
@@ -54,7 +76,8 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	if _, err := a.requireUIAA(r, req.Auth, "", registrationFlows); err != nil {
+	session, err := a.requireUIAA(r, req.Auth, "", registrationFlows, body)
+	if err != nil {
 		return err
 	}
 	if localpart == "" {
@@ -66,13 +89,24 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) error {
 		}
 		return err
 	}
-	if req.InhibitLogin {
-		httputil.WriteJSON(w, http.StatusOK, map[string]any{"user_id": a.userID(localpart), "home_server": a.cfg.ServerName})
-		return nil
+	resp := map[string]any{"user_id": a.userID(localpart), "home_server": a.cfg.ServerName}
+	if !req.InhibitLogin {
+		dev, tokens, err := a.accounts.CreateDevice(r.Context(), localpart, accounts.NewDevice{
+			DeviceID: req.DeviceID, DisplayName: req.InitialDeviceDisplayName,
+			Refreshable: req.RefreshToken, IP: httputil.ClientIP(r),
+		})
+		if err != nil {
+			return err
+		}
+		resp = a.loginResponse(localpart, dev.DeviceID, tokens)
 	}
-	return a.writeLogin(w, r, localpart, accounts.NewDevice{
-		DeviceID: req.DeviceID, DisplayName: req.InitialDeviceDisplayName, Refreshable: req.RefreshToken,
-	})
+	result, err := json.Marshal(resp)
+	if err != nil {
+		return err
+	}
+	a.uiaa.setResult(session, result)
+	httputil.WriteJSON(w, http.StatusOK, json.RawMessage(result))
+	return nil
 }
 
 func (a *API) registerGuest(w http.ResponseWriter, r *http.Request, req registerRequest) error {

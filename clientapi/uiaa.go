@@ -34,6 +34,12 @@ type uiaaSession struct {
 	request string
 	// localpart is the user the session authenticates, "" for registration.
 	localpart string
+	// params is the body of the request that started a registration: later
+	// requests may carry only "auth", and the spec has the server remember.
+	params json.RawMessage
+	// result is the answer to a completed registration, replayed when the
+	// client repeats the request with the same session.
+	result []byte
 }
 
 // uiaaSessions holds sessions in memory: they live for minutes, and losing
@@ -55,10 +61,13 @@ func (u *uiaaSessions) get(id string) *uiaaSession {
 		delete(u.sessions, id)
 		return nil
 	}
-	return s
+	// A copy: complete may append to the stored one concurrently.
+	c := *s
+	c.completed = slices.Clone(s.completed)
+	return &c
 }
 
-func (u *uiaaSessions) create(request, localpart string) (string, *uiaaSession) {
+func (u *uiaaSessions) create(request, localpart string, params json.RawMessage) (string, *uiaaSession) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if len(u.sessions) >= maxUIAASessions {
@@ -69,7 +78,7 @@ func (u *uiaaSessions) create(request, localpart string) (string, *uiaaSession) 
 		}
 	}
 	id := randomString(18)
-	s := &uiaaSession{created: time.Now(), request: request, localpart: localpart}
+	s := &uiaaSession{created: time.Now(), request: request, localpart: localpart, params: params}
 	u.sessions[id] = s
 	return id, s
 }
@@ -79,6 +88,15 @@ func (u *uiaaSessions) complete(id, stage string) {
 	defer u.mu.Unlock()
 	if s, ok := u.sessions[id]; ok && !slices.Contains(s.completed, stage) {
 		s.completed = append(s.completed, stage)
+	}
+}
+
+// setResult records the answer of a completed registration.
+func (u *uiaaSessions) setResult(id string, result []byte) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if s, ok := u.sessions[id]; ok {
+		s.result = result
 	}
 }
 
@@ -120,18 +138,21 @@ func uiaaChallenge(flows [][]string, session string, completed []string, err *ht
 // "auth" field is auth (nil when absent). localpart is the logged-in user
 // ("" for registration). It returns nil when a whole flow is complete, and
 // the session ID then; otherwise the error to send (usually the 401).
-func (a *API) requireUIAA(r *http.Request, auth *uiaaAuth, localpart string, flows [][]string) (string, error) {
+// Sessions of logged-in users end when their flow completes, so one proof
+// authorises one operation; registration sessions (params non-nil) live on
+// so that a repeated request gets the same answer.
+func (a *API) requireUIAA(r *http.Request, auth *uiaaAuth, localpart string, flows [][]string, params json.RawMessage) (string, error) {
 	request := r.Method + " " + r.URL.Path
 	if auth == nil || (auth.Type == "" && auth.Session == "") {
-		id, _ := a.uiaa.create(request, localpart)
+		id, _ := a.uiaa.create(request, localpart, params)
 		return "", uiaaChallenge(flows, id, nil, nil)
 	}
 	id := auth.Session
 	s := a.uiaa.get(id)
 	if id == "" || s == nil {
-		// An unknown session: the spec lets the server start a new one, but
-		// a stage answered without a session is completed into a new one.
-		id, s = a.uiaa.create(request, localpart)
+		// An unknown session: a stage answered without a session is
+		// completed into a new one.
+		id, s = a.uiaa.create(request, localpart, params)
 	}
 	if s.request != request || s.localpart != localpart {
 		return "", httputil.Forbidden("This authentication session belongs to another request")
@@ -140,6 +161,20 @@ func (a *API) requireUIAA(r *http.Request, auth *uiaaAuth, localpart string, flo
 		allowed := slices.ContainsFunc(flows, func(f []string) bool { return slices.Contains(f, auth.Type) })
 		if !allowed {
 			return "", uiaaChallenge(flows, id, s.completed, httputil.BadRequest("Unknown authentication type %q", auth.Type))
+		}
+		if auth.Type == stagePassword {
+			// Guessing the password here must be no faster than at login.
+			if err := a.authLimit.Check(a.userID(localpart)); err != nil {
+				return "", err
+			}
+			// Proving to be someone else is not a failed stage to retry.
+			who, err := a.identifiedUser(auth.Identifier, auth.User)
+			if err != nil {
+				return "", err
+			}
+			if who != localpart {
+				return "", httputil.Forbidden("You can only authenticate as yourself")
+			}
 		}
 		if err := a.checkStage(r, auth, localpart); err != nil {
 			var merr *httputil.Error
@@ -156,7 +191,9 @@ func (a *API) requireUIAA(r *http.Request, auth *uiaaAuth, localpart string, flo
 	}
 	for _, f := range flows {
 		if containsAll(s.completed, f) {
-			a.uiaa.delete(id)
+			if s.params == nil {
+				a.uiaa.delete(id)
+			}
 			return id, nil
 		}
 	}
@@ -178,13 +215,7 @@ func (a *API) checkStage(r *http.Request, auth *uiaaAuth, localpart string) erro
 	case stageDummy:
 		return nil
 	case stagePassword:
-		who, err := a.identifiedUser(auth.Identifier, auth.User)
-		if err != nil {
-			return err
-		}
-		if who != localpart {
-			return httputil.Forbidden("You can only authenticate as yourself")
-		}
+		// requireUIAA has checked that the identifier names localpart.
 		if _, err := a.accounts.CheckPassword(r.Context(), localpart, auth.Password); err != nil {
 			if errors.Is(err, accounts.ErrWrongPassword) || errors.Is(err, accounts.ErrNotFound) || errors.Is(err, accounts.ErrDeactivated) {
 				return httputil.Forbidden("Invalid password")

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/sirupsen/logrus"
 )
@@ -84,7 +85,9 @@ func ReadJSON(r *http.Request, dst any) error {
 // DecodeJSONObject is ReadJSON on bytes already read.
 func DecodeJSONObject(data []byte, dst any) error {
 	trimmed := bytes.TrimSpace(data)
-	if len(trimmed) == 0 || trimmed[0] != '{' || !json.Valid(trimmed) {
+	// encoding/json would quietly turn invalid UTF-8 into U+FFFD; JSON
+	// must be UTF-8, so such a body is not JSON.
+	if len(trimmed) == 0 || trimmed[0] != '{' || !utf8.Valid(trimmed) || !json.Valid(trimmed) {
 		return NotJSON("Request body is not a JSON object")
 	}
 	if err := json.Unmarshal(trimmed, dst); err != nil {

@@ -17,7 +17,15 @@ import (
 
 type ctxKey int
 
-const loggerKey ctxKey = iota
+const (
+	loggerKey ctxKey = iota
+	routeKey
+)
+
+// routeName is filled in by the router once a route matches, so that the
+// outer middleware can label metrics by route template: the matched route
+// only lives on the request copy the router hands down.
+type routeName struct{ template string }
 
 // LoggerFrom returns the request's logger, which carries its request ID.
 func LoggerFrom(r *http.Request) *logrus.Entry {
@@ -83,7 +91,9 @@ func Middleware(next http.Handler, maxBody int64) http.Handler {
 		start := time.Now()
 		reqID := newRequestID()
 		logger := logrus.WithFields(logrus.Fields{"req_id": reqID, "method": r.Method, "path": r.URL.Path})
-		r = r.WithContext(context.WithValue(r.Context(), loggerKey, logger))
+		route := &routeName{template: "unmatched"}
+		ctx := context.WithValue(r.Context(), loggerKey, logger)
+		r = r.WithContext(context.WithValue(ctx, routeKey, route))
 		rec := &statusRecorder{ResponseWriter: w}
 		w = rec
 
@@ -102,14 +112,8 @@ func Middleware(next http.Handler, maxBody int64) http.Handler {
 			if status == 0 {
 				status = http.StatusOK
 			}
-			route := "unmatched"
-			if m := mux.CurrentRoute(r); m != nil {
-				if tpl, err := m.GetPathTemplate(); err == nil {
-					route = tpl
-				}
-			}
 			elapsed := time.Since(start)
-			requestDuration.WithLabelValues(route, r.Method, strconv.Itoa(status)).Observe(elapsed.Seconds())
+			requestDuration.WithLabelValues(route.template, r.Method, strconv.Itoa(status)).Observe(elapsed.Seconds())
 			logger.WithFields(logrus.Fields{"status": status, "ms": elapsed.Milliseconds(), "bytes": rec.bytes}).Debug("request")
 		}()
 
@@ -157,6 +161,16 @@ func NewRouter() *mux.Router {
 	})
 	r.MethodNotAllowedHandler = Handler(func(w http.ResponseWriter, r *http.Request) error {
 		return MethodNotAllowed()
+	})
+	r.Use(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			if holder, ok := req.Context().Value(routeKey).(*routeName); ok {
+				if tpl, err := mux.CurrentRoute(req).GetPathTemplate(); err == nil {
+					holder.template = tpl
+				}
+			}
+			next.ServeHTTP(w, req)
+		})
 	})
 	return r
 }
