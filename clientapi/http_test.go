@@ -88,6 +88,10 @@ func TestHealthAndMetrics(t *testing.T) {
 	if !strings.Contains(body, "plexus_http_request_duration_seconds") {
 		t.Fatalf("metrics lack the request histogram:\n%.2000s", body)
 	}
+	// Requests are labelled by route template, not raw path or "unmatched".
+	if !strings.Contains(body, `route="/_matrix/client/versions"`) {
+		t.Fatalf("metrics lack the versions route")
+	}
 }
 
 func TestVersions(t *testing.T) {

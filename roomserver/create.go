@@ -1,0 +1,90 @@
+package roomserver
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/plexus-chat/plexus/roomserver/api"
+	"github.com/plexus-chat/plexus/storage"
+)
+
+// CreateRoom makes a room: the create event, then req.InitialState in
+// order (the creator's join first), all in one transaction, so a room is
+// either wholly there or not at all.
+func (r *Roomserver) CreateRoom(ctx context.Context, req api.CreateRoomRequest) (string, error) {
+	verImpl, err := gomatrixserverlib.GetRoomVersion(req.Version)
+	if err != nil || !verImpl.Stable() {
+		return "", api.ErrUnsupportedRoomVersion
+	}
+	content := map[string]any{}
+	for k, v := range req.CreateContent {
+		content[k] = v
+	}
+	content["room_version"] = string(req.Version)
+	if isPreV11(req.Version) {
+		// Before room version 11 the create event names its creator.
+		content["creator"] = req.Creator
+	}
+	rawContent, err := json.Marshal(content)
+	if err != nil {
+		return "", api.BadEventf("creation_content: %v", err)
+	}
+	emptyKey := ""
+	proto := gomatrixserverlib.ProtoEvent{
+		SenderID: req.Creator, Type: spec.MRoomCreate, StateKey: &emptyKey,
+		Content: rawContent, Depth: 1, PrevEvents: []string{}, AuthEvents: []string{},
+	}
+	if !verImpl.DomainlessRoomIDs() {
+		proto.RoomID = "!" + randomID() + ":" + string(r.serverName)
+	}
+	create, err := r.sign(verImpl, &proto)
+	if err != nil {
+		return "", err
+	}
+	roomID := create.RoomID().String()
+
+	unlock := r.lockRoom(roomID)
+	defer unlock()
+	err = r.inTx(ctx, func(t *txn) error {
+		rm := &room{id: roomID, version: req.Version, verImpl: verImpl}
+		if err := t.QueryRowContext(ctx, sqlInsertRoom, roomID, string(req.Version), storage.NowMillis()).Scan(&rm.nid); err != nil {
+			return err
+		}
+		if _, err := r.inputEvent(ctx, t, rm, create, true); err != nil {
+			return err
+		}
+		for _, s := range req.InitialState {
+			raw, err := json.Marshal(s.Content)
+			if err != nil {
+				return api.BadEventf("content of %s: %v", s.Type, err)
+			}
+			sk := s.StateKey
+			if _, err := r.sendLocal(ctx, t, rm, api.NewEvent{
+				RoomID: roomID, Sender: req.Creator, Type: s.Type, StateKey: &sk, Content: raw,
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return roomID, nil
+}
+
+// isPreV11 reports room versions 1-10, whose create events carry "creator".
+func isPreV11(v gomatrixserverlib.RoomVersion) bool {
+	return !redactsInContent(v)
+}
+
+func randomID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
