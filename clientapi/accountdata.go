@@ -8,8 +8,6 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/gorilla/mux"
-
 	"github.com/plexus-chat/plexus/accounts"
 	"github.com/plexus-chat/plexus/internal/config"
 	"github.com/plexus-chat/plexus/internal/httputil"
@@ -37,7 +35,7 @@ func (a *API) registerAccountDataRoutes(r *router) {
 // requireOwnUser refuses a request whose path names another user: account
 // data and filters are private.
 func (a *API) requireOwnUser(r *http.Request, s *accounts.Session) error {
-	if mux.Vars(r)["userId"] != a.userID(s.Localpart) {
+	if httputil.Vars(r)["userId"] != a.userID(s.Localpart) {
 		return httputil.Forbidden("You can only access your own data")
 	}
 	return nil
@@ -54,7 +52,7 @@ func (a *API) accountDataKey(r *http.Request, s *accounts.Session) (roomID, data
 	if s.IsGuest {
 		return "", "", httputil.GuestForbidden("Guests cannot use account data")
 	}
-	vars := mux.Vars(r)
+	vars := httputil.Vars(r)
 	roomID, isRoom := vars["roomId"]
 	if isRoom && !validRoomID(roomID) {
 		return "", "", httputil.InvalidParam("%q is not a valid room ID", roomID)

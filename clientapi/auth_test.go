@@ -2,6 +2,7 @@ package clientapi_test
 
 import (
 	"net/http"
+	"net/url"
 	"testing"
 
 	"github.com/plexus-chat/plexus/internal/config"
@@ -146,4 +147,14 @@ func TestRegistrationRemembersParamsAndIsIdempotent(t *testing.T) {
 func TestInvalidUTF8IsNotJSON(t *testing.T) {
 	s := testserver.New(t)
 	s.ExpectError(400, "M_NOT_JSON", "POST", "/_matrix/client/v3/register", "", []byte("{\"username\":\"a\x81\"}"))
+}
+
+// User IDs may hold "/": escaped in a path they must stay one segment.
+func TestSlashInUserIDPath(t *testing.T) {
+	s := testserver.New(t)
+	u := s.Register("a/b", "pw")
+	r := s.MustOK("GET", "/_matrix/client/v3/profile/"+url.PathEscape(u.UserID), "", nil)
+	if r.Get("displayname").String() != "a/b" {
+		t.Fatalf("profile of %s: %s", u.UserID, r)
+	}
 }

@@ -12,12 +12,14 @@ import (
 	"github.com/plexus-chat/plexus/accounts"
 	"github.com/plexus-chat/plexus/internal/config"
 	"github.com/plexus-chat/plexus/internal/httputil"
+	rsapi "github.com/plexus-chat/plexus/roomserver/api"
 )
 
 // API holds what the client API handlers need.
 type API struct {
 	cfg      *config.Config
 	accounts accounts.API
+	rooms    rsapi.RoomserverAPI
 	uiaa     *uiaaSessions
 	nonces   *nonceStore
 
@@ -28,8 +30,8 @@ type API struct {
 }
 
 // New makes the client API.
-func New(cfg *config.Config, accts accounts.API) *API {
-	a := &API{cfg: cfg, accounts: accts, uiaa: newUIAASessions(), nonces: newNonceStore()}
+func New(cfg *config.Config, accts accounts.API, rooms rsapi.RoomserverAPI) *API {
+	a := &API{cfg: cfg, accounts: accts, rooms: rooms, uiaa: newUIAASessions(), nonces: newNonceStore()}
 	if cfg.RateLimit.Enabled {
 		a.limit = httputil.NewRateLimiter(cfg.RateLimit.RequestsPerSecond, cfg.RateLimit.Burst)
 		a.authLimit = httputil.NewRateLimiter(cfg.RateLimit.AuthPerMinute/60, cfg.RateLimit.AuthBurst)
@@ -51,6 +53,7 @@ func (a *API) Register(root *mux.Router) {
 	a.registerAccountDataRoutes(r)
 	a.registerFilterRoutes(r)
 	a.registerCapabilitiesRoutes(r)
+	a.registerRoomRoutes(r)
 	a.registerAdminRoutes(root)
 }
 

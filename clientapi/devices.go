@@ -4,8 +4,6 @@ import (
 	"errors"
 	"net/http"
 
-	"github.com/gorilla/mux"
-
 	"github.com/plexus-chat/plexus/accounts"
 	"github.com/plexus-chat/plexus/internal/httputil"
 )
@@ -48,7 +46,7 @@ func (a *API) getDevices(w http.ResponseWriter, r *http.Request, s *accounts.Ses
 }
 
 func (a *API) getDevice(w http.ResponseWriter, r *http.Request, s *accounts.Session) error {
-	d, err := a.accounts.Device(r.Context(), s.Localpart, mux.Vars(r)["deviceId"])
+	d, err := a.accounts.Device(r.Context(), s.Localpart, httputil.Vars(r)["deviceId"])
 	if errors.Is(err, accounts.ErrNotFound) {
 		return httputil.NotFound("Unknown device")
 	}
@@ -66,7 +64,7 @@ func (a *API) putDevice(w http.ResponseWriter, r *http.Request, s *accounts.Sess
 	if err := httputil.ReadJSON(r, &req); err != nil {
 		return err
 	}
-	deviceID := mux.Vars(r)["deviceId"]
+	deviceID := httputil.Vars(r)["deviceId"]
 	var err error
 	if req.DisplayName == nil {
 		// Nothing to change, but an unknown device is still a 404.
@@ -98,7 +96,7 @@ func (a *API) deleteDevice(w http.ResponseWriter, r *http.Request, s *accounts.S
 	if _, err := a.requireUIAA(r, req.Auth, s.Localpart, passwordFlows, nil); err != nil {
 		return err
 	}
-	if err := a.accounts.DeleteDevices(r.Context(), s.Localpart, []string{mux.Vars(r)["deviceId"]}); err != nil {
+	if err := a.accounts.DeleteDevices(r.Context(), s.Localpart, []string{httputil.Vars(r)["deviceId"]}); err != nil {
 		return err
 	}
 	httputil.WriteJSON(w, http.StatusOK, struct{}{})

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"net/http"
 
-	"github.com/gorilla/mux"
-
 	"github.com/plexus-chat/plexus/accounts"
 	"github.com/plexus-chat/plexus/internal/eventfilter"
 	"github.com/plexus-chat/plexus/internal/httputil"
@@ -63,7 +61,7 @@ func (a *API) getFilter(w http.ResponseWriter, r *http.Request, s *accounts.Sess
 	if err := a.requireOwnUser(r, s); err != nil {
 		return err
 	}
-	id := mux.Vars(r)["filterId"]
+	id := httputil.Vars(r)["filterId"]
 	// Only IDs the accounts component could have made reach the database.
 	if len(id) > maxFilterIDLength || !validStoredString(id) {
 		return httputil.NotFound("Unknown filter")

@@ -7,8 +7,6 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/gorilla/mux"
-
 	"github.com/plexus-chat/plexus/accounts"
 	"github.com/plexus-chat/plexus/internal/config"
 	"github.com/plexus-chat/plexus/internal/httputil"
@@ -42,7 +40,7 @@ func (a *API) registerProfileRoutes(r *router) {
 
 // lookupProfile returns the profile of the user the path names.
 func (a *API) lookupProfile(r *http.Request) (accounts.Profile, error) {
-	uid, err := mxid.ParseUserID(mux.Vars(r)["userId"])
+	uid, err := mxid.ParseUserID(httputil.Vars(r)["userId"])
 	if err != nil {
 		return accounts.Profile{}, httputil.InvalidParam("Invalid user ID: %v", err)
 	}
@@ -81,7 +79,7 @@ func (a *API) getProfile(w http.ResponseWriter, r *http.Request) error {
 
 // profileKey returns the keyName of the path, checked against the grammar.
 func profileKey(r *http.Request) (string, error) {
-	key := mux.Vars(r)["keyName"]
+	key := httputil.Vars(r)["keyName"]
 	if len(key) > maxProfileKeyLength {
 		return "", &httputil.Error{Status: http.StatusBadRequest, Code: "M_KEY_TOO_LARGE",
 			Message: "Profile key is longer than 255 bytes"}
@@ -119,7 +117,7 @@ func (a *API) getProfileField(w http.ResponseWriter, r *http.Request) error {
 // changeableProfileKey checks that the logged-in user may change the
 // profile field the path names, and returns its key.
 func (a *API) changeableProfileKey(r *http.Request, s *accounts.Session) (string, error) {
-	userID := mux.Vars(r)["userId"]
+	userID := httputil.Vars(r)["userId"]
 	if _, err := mxid.ParseUserID(userID); err != nil {
 		return "", httputil.InvalidParam("Invalid user ID: %v", err)
 	}

@@ -82,9 +82,6 @@ func (r *Roomserver) buildEvent(ctx context.Context, tx *sql.Tx, rm *room, ev ap
 		authIDs = append(authIDs, a.EventID())
 	}
 	proto.AuthEvents = authIDs
-	if len(ev.Unsigned) > 0 {
-		proto.Unsigned = spec.RawJSON(ev.Unsigned)
-	}
 	return r.sign(rm.verImpl, &proto)
 }
 
@@ -147,6 +144,22 @@ func (r *Roomserver) SendEvent(ctx context.Context, ev api.NewEvent) (gomatrixse
 		if err != nil {
 			return err
 		}
+		if ev.TxnID != "" {
+			var eventID string
+			err := t.QueryRowContext(ctx, sqlSelectTxn, ev.Sender, ev.DeviceID, ev.TxnID).Scan(&eventID)
+			if err == nil {
+				// A retransmission: answer with the first event.
+				prev, err := r.eventByID(ctx, t, eventID)
+				if err != nil {
+					return err
+				}
+				pdu = prev.pdu
+				return nil
+			}
+			if !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+		}
 		pdu, err = r.sendLocal(ctx, t, rm, ev)
 		return err
 	})
@@ -171,8 +184,14 @@ func (r *Roomserver) sendLocal(ctx context.Context, t *txn, rm *room, ev api.New
 			return nil, err
 		}
 	}
-	if _, err := r.inputEvent(ctx, t, rm, pdu, true); err != nil {
+	res, err := r.inputEvent(ctx, t, rm, pdu, true)
+	if err != nil {
 		return nil, err
+	}
+	if ev.TxnID != "" {
+		if _, err := t.ExecContext(ctx, sqlInsertTxn, ev.Sender, ev.DeviceID, ev.TxnID, res.nid); err != nil {
+			return nil, err
+		}
 	}
 	return pdu, nil
 }

@@ -238,3 +238,68 @@ func TestEventTooLarge(t *testing.T) {
 	}
 	_ = spec.MRoomCreate
 }
+
+func TestTransactionIDsMakeSendsIdempotent(t *testing.T) {
+	storagetest.ForEach(t, func(t *testing.T, db *storage.DB) {
+		rs := newRoomserver(t, db)
+		ctx := context.Background()
+		roomID, err := rs.CreateRoom(ctx, publicRoom("12", alice))
+		if err != nil {
+			t.Fatal(err)
+		}
+		start, _ := rs.LatestPosition(ctx)
+		ev := api.NewEvent{RoomID: roomID, Sender: alice, Type: "m.room.message", Content: json.RawMessage(`{"body":"once"}`), TxnID: "t1", DeviceID: "D1"}
+		first, err := rs.SendEvent(ctx, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := rs.SendEvent(ctx, ev)
+		if err != nil || again.EventID() != first.EventID() {
+			t.Fatalf("retransmission made %v (%v), want %s", again, err, first.EventID())
+		}
+		// Another device's transaction with the same ID is a new event.
+		ev.DeviceID = "D2"
+		other, err := rs.SendEvent(ctx, ev)
+		if err != nil || other.EventID() == first.EventID() {
+			t.Fatalf("other device: %v, %v", other, err)
+		}
+		out, err := rs.OutputSince(ctx, start, 10)
+		if err != nil || len(out) != 2 {
+			t.Fatalf("output: %d events, %v", len(out), err)
+		}
+		if out[0].TxnID != "t1" || out[0].DeviceID != "D1" || out[1].DeviceID != "D2" {
+			t.Fatalf("output lacks transaction IDs: %+v", out)
+		}
+	})
+}
+
+func TestAliases(t *testing.T) {
+	storagetest.ForEach(t, func(t *testing.T, db *storage.DB) {
+		rs := newRoomserver(t, db)
+		ctx := context.Background()
+		if err := rs.SetAlias(ctx, "#a:test.local", "!r:test.local", alice); err != nil {
+			t.Fatal(err)
+		}
+		if err := rs.SetAlias(ctx, "#a:test.local", "!other:test.local", bob); !errors.Is(err, api.ErrAliasInUse) {
+			t.Fatalf("duplicate alias: %v", err)
+		}
+		if id, _ := rs.ResolveAlias(ctx, "#a:test.local"); id != "!r:test.local" {
+			t.Fatalf("resolve = %q", id)
+		}
+		if c, _ := rs.AliasCreator(ctx, "#a:test.local"); c != alice {
+			t.Fatalf("creator = %q", c)
+		}
+		if list, _ := rs.RoomAliases(ctx, "!r:test.local"); len(list) != 1 {
+			t.Fatalf("room aliases = %v", list)
+		}
+		if err := rs.RemoveAlias(ctx, "#a:test.local"); err != nil {
+			t.Fatal(err)
+		}
+		if err := rs.RemoveAlias(ctx, "#a:test.local"); !errors.Is(err, api.ErrAliasNotFound) {
+			t.Fatalf("second removal: %v", err)
+		}
+		if id, err := rs.ResolveAlias(ctx, "#a:test.local"); id != "" || err != nil {
+			t.Fatalf("removed alias resolves to %q, %v", id, err)
+		}
+	})
+}

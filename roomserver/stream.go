@@ -107,7 +107,8 @@ func (r *Roomserver) OutputSince(ctx context.Context, position int64, limit int)
 		var eventID, roomID, ver, eventJSON string
 		var before, after int64
 		var redacted bool
-		if err := rows.Scan(&pos, &adds, &removes, &ev.nid, &eventID, &roomID, &ver, &ev.depth, &ev.status,
+		var txnID, deviceID string
+		if err := rows.Scan(&pos, &adds, &removes, &txnID, &deviceID, &ev.nid, &eventID, &roomID, &ver, &ev.depth, &ev.status,
 			&before, &after, &ev.position, &redacted, &eventJSON); err != nil {
 			return nil, err
 		}
@@ -115,7 +116,7 @@ func (r *Roomserver) OutputSince(ctx context.Context, position int64, limit int)
 		if err != nil {
 			return nil, err
 		}
-		o := api.OutputEvent{Position: pos, RoomID: roomID, Event: pdu}
+		o := api.OutputEvent{Position: pos, RoomID: roomID, Event: pdu, TxnID: txnID, DeviceID: deviceID}
 		if err := json.Unmarshal([]byte(adds), &o.AddsState); err != nil {
 			return nil, err
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"net"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"strconv"
 	"time"
@@ -153,9 +154,11 @@ func ClientIP(r *http.Request) string {
 }
 
 // NewRouter returns a router whose unknown paths and wrong methods are
-// answered with Matrix errors.
+// answered with Matrix errors. It matches the escaped path, so that IDs
+// holding "/" (user IDs may) stay one path segment; read the path
+// variables with Vars, which unescapes them.
 func NewRouter() *mux.Router {
-	r := mux.NewRouter()
+	r := mux.NewRouter().UseEncodedPath()
 	r.NotFoundHandler = Handler(func(w http.ResponseWriter, r *http.Request) error {
 		return Unrecognized("Unrecognized request")
 	})
@@ -173,4 +176,18 @@ func NewRouter() *mux.Router {
 		})
 	})
 	return r
+}
+
+// Vars returns the request's path variables, unescaped. A variable that is
+// not valid percent-encoding is returned as it is.
+func Vars(r *http.Request) map[string]string {
+	raw := mux.Vars(r)
+	out := make(map[string]string, len(raw))
+	for k, v := range raw {
+		if u, err := url.PathUnescape(v); err == nil {
+			v = u
+		}
+		out[k] = v
+	}
+	return out
 }

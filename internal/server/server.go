@@ -12,6 +12,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 
@@ -20,16 +21,18 @@ import (
 	"github.com/plexus-chat/plexus/internal/config"
 	"github.com/plexus-chat/plexus/internal/httputil"
 	"github.com/plexus-chat/plexus/internal/signingkey"
+	"github.com/plexus-chat/plexus/roomserver"
 	"github.com/plexus-chat/plexus/storage"
 )
 
 // Server is a running homeserver.
 type Server struct {
-	Config   *config.Config
-	DB       *storage.DB
-	Key      *signingkey.Key
-	Accounts *accounts.Accounts
-	Handler  http.Handler
+	Config     *config.Config
+	DB         *storage.DB
+	Key        *signingkey.Key
+	Accounts   *accounts.Accounts
+	Roomserver *roomserver.Roomserver
+	Handler    http.Handler
 
 	servers   []*http.Server
 	listeners []net.Listener
@@ -55,8 +58,13 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
-	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts}
-	s.Handler = s.routes(clientapi.New(cfg, accts))
+	rs, err := roomserver.New(ctx, db, spec.ServerName(cfg.ServerName), key.ID, key.PrivateKey)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs}
+	s.Handler = s.routes(clientapi.New(cfg, accts, rs))
 	return s, nil
 }
 
@@ -89,7 +97,7 @@ func (s *Server) Listen() error {
 			return fmt.Errorf("listen.http %s: %w", cfg.Listen.HTTP, err)
 		}
 		s.HTTPAddr = ln.Addr().String()
-		s.add(ln, nil)
+		s.add(ln)
 	}
 	if cfg.Listen.TLS != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.Path(cfg.Listen.TLSCert), cfg.Path(cfg.Listen.TLSKey))
@@ -103,12 +111,12 @@ func (s *Server) Listen() error {
 			return fmt.Errorf("listen.tls %s: %w", cfg.Listen.TLS, err)
 		}
 		s.TLSAddr = ln.Addr().String()
-		s.add(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}), nil)
+		s.add(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
 	}
 	return nil
 }
 
-func (s *Server) add(ln net.Listener, _ *tls.Config) {
+func (s *Server) add(ln net.Listener) {
 	s.listeners = append(s.listeners, ln)
 	s.servers = append(s.servers, &http.Server{
 		Handler:           s.Handler,

@@ -51,9 +51,10 @@ type NewEvent struct {
 	StateKey *string
 	Content  json.RawMessage
 	Redacts  string
-	// Unsigned, if set, is added to the event's unsigned data (for instance
-	// the transaction ID) without being signed.
-	Unsigned json.RawMessage
+	// TxnID and DeviceID, when TxnID is set, make the send idempotent: the
+	// same sender, device and transaction ID get the first event back.
+	TxnID    string
+	DeviceID string
 }
 
 // StateEvent is one state event of a new room.
@@ -90,6 +91,10 @@ type OutputEvent struct {
 	// The room's current state changed: these event IDs entered and left it.
 	AddsState    []string
 	RemovesState []string
+	// TxnID and DeviceID are set for local events sent with a transaction
+	// ID, so the sending device can recognise its echo.
+	TxnID    string
+	DeviceID string
 }
 
 // Membership is a user's membership of a room.
@@ -141,9 +146,30 @@ type Stream interface {
 	Notify(position int64) <-chan struct{}
 }
 
+// ErrAliasInUse is returned when creating an alias that exists.
+var ErrAliasInUse = errors.New("roomserver: alias in use")
+
+// Aliases maps local room aliases to rooms.
+type Aliases interface {
+	// SetAlias creates alias -> roomID; ErrAliasInUse when taken.
+	SetAlias(ctx context.Context, alias, roomID, creator string) error
+	// ResolveAlias returns the room of an alias, "" when unknown.
+	ResolveAlias(ctx context.Context, alias string) (roomID string, err error)
+	// AliasCreator returns who created an alias ("" when unknown).
+	AliasCreator(ctx context.Context, alias string) (string, error)
+	// RemoveAlias deletes an alias; ErrAliasNotFound when unknown.
+	RemoveAlias(ctx context.Context, alias string) error
+	// RoomAliases lists the local aliases of a room.
+	RoomAliases(ctx context.Context, roomID string) ([]string, error)
+}
+
+// ErrAliasNotFound is returned for unknown aliases.
+var ErrAliasNotFound = errors.New("roomserver: alias not found")
+
 // RoomserverAPI is everything, for wiring.
 type RoomserverAPI interface {
 	Inputter
 	Querier
 	Stream
+	Aliases
 }

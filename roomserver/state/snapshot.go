@@ -161,7 +161,7 @@ func merge(cur, changes []Entry) (merged []Entry, same bool) {
 	same = true
 	i := 0
 	for _, c := range changes {
-		for i < len(cur) && cur[i].Key.Compare(c.Key) < 0 {
+		for i < len(cur) && cur[i].Key.less(c.Key) {
 			merged = append(merged, cur[i])
 			i++
 		}
@@ -485,7 +485,7 @@ func mergeSorted(lists [][]Entry) []Entry {
 func mergeTwo(dst, a, b []Entry) {
 	i, j, k := 0, 0, 0
 	for i < len(a) && j < len(b) {
-		if a[i].Key.Compare(b[j].Key) < 0 {
+		if a[i].Key.less(b[j].Key) {
 			dst[k] = a[i]
 			i++
 		} else {
@@ -553,10 +553,10 @@ func diffSorted(x, y, removed, added []Entry) ([]Entry, []Entry) {
 	i, j := 0, 0
 	for i < len(x) || j < len(y) {
 		switch {
-		case j == len(y) || (i < len(x) && x[i].Key.Compare(y[j].Key) < 0):
+		case j == len(y) || (i < len(x) && x[i].Key.less(y[j].Key)):
 			removed = append(removed, x[i])
 			i++
-		case i == len(x) || y[j].Key.Compare(x[i].Key) < 0:
+		case i == len(x) || y[j].Key.less(x[i].Key):
 			added = append(added, y[j])
 			j++
 		default:

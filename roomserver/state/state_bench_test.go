@@ -47,6 +47,32 @@ func BenchmarkApplyMembership(b *testing.B) {
 	})
 }
 
+// BenchmarkApplyInTx is BenchmarkApplyMembership without the commit: many
+// changes to the same base in one transaction, to show what Apply itself
+// costs (merge, encode, hash, two inserts).
+func BenchmarkApplyInTx(b *testing.B) {
+	forEachDB(b, func(b *testing.B, db *storage.DB) {
+		ctx := context.Background()
+		s := newStore(b, db)
+		base := newSnapshot(b, s, members(10000, 0))
+		ev := int64(100000)
+		b.ReportAllocs()
+		b.ResetTimer()
+		err := s.WithTx(ctx, func(tx *sql.Tx) error {
+			for b.Loop() {
+				ev++
+				if _, err := s.Apply(ctx, tx, room, base, []Entry{e(TypeMember, 1+ev%10000, ev)}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	})
+}
+
 // BenchmarkLookup3 looks up three keys (create, power levels, a member: what
 // an auth check needs) in a 10,000-member snapshot, with warm caches.
 func BenchmarkLookup3(b *testing.B) {

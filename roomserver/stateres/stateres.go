@@ -3,11 +3,13 @@
 // of the room's version: state resolution v1 (room version 1), v2 (2–11) and
 // v2.1 (12).
 //
-// Versions 1–11 go through gomatrixserverlib. Its v2.1 entry point panics
-// whenever a power event is conflicted (it sorts power events by their
-// senders' power before it knows the create event) and could not find the
-// create event for the iterative auth checks anyway, so v2.1 is implemented
-// here, from the specification, in v2.go.
+// v1 goes through gomatrixserverlib. v2 and v2.1 are implemented here, in
+// v2.go, from the specification, because gomatrixserverlib (at the pinned
+// version) gets them wrong: its v2 leaves the auth difference out of the
+// power events' batch, so a user who joined and was kicked on one branch is
+// back in the room after resolution, and its v2.1 panics whenever a power
+// event is conflicted. The tests run gomatrixserverlib's v2 beside ours on
+// every scenario and list where it differs (testdata/README.md).
 package stateres
 
 import (
@@ -78,8 +80,9 @@ func Resolve(
 		return nil, err
 	}
 
-	// gomatrixserverlib panics on some inputs it cannot handle; a room
-	// with such a history must not take the server down.
+	// gomatrixserverlib panics on some inputs it cannot handle (and so
+	// might a bug here); a room with such a history must not take the
+	// server down.
 	defer func() {
 		if p := recover(); p != nil {
 			resolved, err = nil, fmt.Errorf("stateres: state resolution for room version %s panicked: %v", version, p)
@@ -93,13 +96,7 @@ func Resolve(
 		// for each auth key, so auth chains must not be passed here).
 		unconflicted := unconflictedV1(stateSets)
 		resolved, err = gomatrixserverlib.ResolveConflictsNew(version, stateSets, unconflicted, UserIDForSender, isRejected)
-	case gomatrixserverlib.StateResV2:
-		var known []gomatrixserverlib.PDU
-		if known, err = stateAndAuthChains(ctx, stateSets, authChain); err != nil {
-			return nil, err
-		}
-		resolved, err = gomatrixserverlib.ResolveConflictsNew(version, stateSets, known, UserIDForSender, isRejected)
-	case gomatrixserverlib.StateResV2_1:
+	case gomatrixserverlib.StateResV2, gomatrixserverlib.StateResV2_1:
 		var known []gomatrixserverlib.PDU
 		if known, err = stateAndAuthChains(ctx, stateSets, authChain); err != nil {
 			return nil, err

@@ -13,12 +13,11 @@ import (
 )
 
 // This file is state resolution v2 and v2.1 as the specification words them
-// (rooms/v2 "State resolution" and rooms/v12, which changes three things:
+// (rooms/v2 "State resolution", and rooms/v12, which changes three things:
 // the iterative auth checks of step 2 start from an empty state map, the
 // full conflicted set also holds the conflicted state subgraph, and room
-// creators have unlimited power when power events are sorted). Resolve uses
-// it for v2.1 only; v2 goes through gomatrixserverlib, and the tests check
-// that this code, run as v2, agrees with it.
+// creators have unlimited power when power events are sorted). Auth checks
+// and power level parsing are gomatrixserverlib's.
 
 type stateMap map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU
 
@@ -87,16 +86,16 @@ func resolveV2(
 	// their auth chains that are in it too, in reverse topological power
 	// ordering.
 	power := map[string]bool{}
+	var powerEvents []gomatrixserverlib.PDU
 	for id := range full {
-		ev := r.events[id]
-		if ev == nil || !isPowerEvent(ev) {
-			continue
+		if ev := r.events[id]; ev != nil && isPowerEvent(ev) {
+			power[id] = true
+			powerEvents = append(powerEvents, ev)
 		}
-		power[id] = true
-		for a := range r.authChain(ev) {
-			if full[a] {
-				power[a] = true
-			}
+	}
+	for a := range r.authChain(powerEvents...) { // the union of their auth chains
+		if full[a] {
+			power[a] = true
 		}
 	}
 	powerOrdered := r.reverseTopologicalPowerOrdering(power)

@@ -178,7 +178,11 @@ func New(t testing.TB, version string, creator *User, opts ...RoomOption) *Room 
 		after:    map[string]State{},
 		rejected: map[string]bool{},
 	}
-	counter, _ := roomsPerTest.LoadOrStore(t.Name(), new(atomic.Int64))
+	counter, loaded := roomsPerTest.LoadOrStore(t.Name(), new(atomic.Int64))
+	if !loaded {
+		name := t.Name()
+		t.Cleanup(func() { roomsPerTest.Delete(name) }) // so -count=N repeats the same rooms
+	}
 	n := counter.(*atomic.Int64).Add(1)
 	g.clock = StartTime.Add(time.Duration(n-1) * 24 * time.Hour)
 	if !impl.DomainlessRoomIDs() {

@@ -346,3 +346,22 @@ func TestAuthChain(t *testing.T) {
 		})
 	}
 }
+
+// The same steps build the same events (from v3 on, the same event IDs) in
+// every test and run, but two rooms of one test are different rooms.
+func TestReproducible(t *testing.T) {
+	var ids [2]string
+	for i := range ids {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			a := testroom.NewServer(t, "a.test")
+			room := testroom.New(t, "12", a.User("alice")).Send(a.User("alice"), "x")
+			ids[i] = room.Last().EventID()
+			if again := testroom.New(t, "12", a.User("alice")); again.ID() == room.ID() {
+				t.Error("two rooms of one test have the same ID")
+			}
+		})
+	}
+	if ids[0] != ids[1] {
+		t.Errorf("same steps, different events: %s and %s", ids[0], ids[1])
+	}
+}

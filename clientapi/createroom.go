@@ -1,0 +1,3 @@
+package clientapi
+
+func (a *API) registerCreateRoomRoutes(r *router) {}
