@@ -109,6 +109,9 @@ func (a *API) putAccountData(w http.ResponseWriter, r *http.Request, s *accounts
 	if _, err := a.accounts.PutAccountData(r.Context(), s.Localpart, roomID, dataType, content); err != nil {
 		return err
 	}
+	if a.waker != nil {
+		a.waker.WakeUser(a.userID(s.Localpart))
+	}
 	httputil.WriteJSON(w, http.StatusOK, struct{}{})
 	return nil
 }

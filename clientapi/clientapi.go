@@ -20,6 +20,9 @@ type API struct {
 	cfg      *config.Config
 	accounts accounts.API
 	rooms    rsapi.RoomserverAPI
+	// waker wakes a user's long-polling syncs after changes the sync API
+	// does not see in the room stream (account data).
+	waker UserWaker
 	uiaa     *uiaaSessions
 	nonces   *nonceStore
 
@@ -29,9 +32,12 @@ type API struct {
 	authLimit *httputil.RateLimiter
 }
 
+// UserWaker is the sync API's notifier as the client API sees it.
+type UserWaker interface{ WakeUser(userID string) }
+
 // New makes the client API.
-func New(cfg *config.Config, accts accounts.API, rooms rsapi.RoomserverAPI) *API {
-	a := &API{cfg: cfg, accounts: accts, rooms: rooms, uiaa: newUIAASessions(), nonces: newNonceStore()}
+func New(cfg *config.Config, accts accounts.API, rooms rsapi.RoomserverAPI, waker UserWaker) *API {
+	a := &API{cfg: cfg, accounts: accts, rooms: rooms, waker: waker, uiaa: newUIAASessions(), nonces: newNonceStore()}
 	if cfg.RateLimit.Enabled {
 		a.limit = httputil.NewRateLimiter(cfg.RateLimit.RequestsPerSecond, cfg.RateLimit.Burst)
 		a.authLimit = httputil.NewRateLimiter(cfg.RateLimit.AuthPerMinute/60, cfg.RateLimit.AuthBurst)
@@ -97,8 +103,14 @@ type AuthedHandler func(w http.ResponseWriter, r *http.Request, s *accounts.Sess
 
 // authed registers a handler that needs a valid access token.
 func (r *router) authed(versions, path string, h AuthedHandler, methods ...string) {
-	a := r.api
-	r.handle(versions, path, httputil.Handler(func(w http.ResponseWriter, req *http.Request) error {
+	r.handle(versions, path, r.api.Authed(h), methods...)
+}
+
+// Authed wraps a handler with the access token check and the per-user
+// rate limit; other components serving client endpoints (the sync API)
+// use it so that authentication lives in one place.
+func (a *API) Authed(h func(w http.ResponseWriter, r *http.Request, s *accounts.Session) error) http.Handler {
+	return httputil.Handler(func(w http.ResponseWriter, req *http.Request) error {
 		s, err := a.authenticate(req)
 		if err != nil {
 			return err
@@ -107,7 +119,7 @@ func (r *router) authed(versions, path string, h AuthedHandler, methods ...strin
 			return err
 		}
 		return h(w, req, s)
-	}), methods...)
+	})
 }
 
 // accessToken finds the token in the Authorization header or, for older

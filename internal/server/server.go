@@ -22,6 +22,7 @@ import (
 	"github.com/plexus-chat/plexus/internal/httputil"
 	"github.com/plexus-chat/plexus/internal/signingkey"
 	"github.com/plexus-chat/plexus/roomserver"
+	"github.com/plexus-chat/plexus/syncapi"
 	"github.com/plexus-chat/plexus/storage"
 )
 
@@ -32,7 +33,11 @@ type Server struct {
 	Key        *signingkey.Key
 	Accounts   *accounts.Accounts
 	Roomserver *roomserver.Roomserver
+	Sync       *syncapi.SyncAPI
 	Handler    http.Handler
+
+	// stop ends the background work (stream consumers).
+	stop context.CancelFunc
 
 	servers   []*http.Server
 	listeners []net.Listener
@@ -63,14 +68,23 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
-	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs}
-	s.Handler = s.routes(clientapi.New(cfg, accts, rs))
+	sync, err := syncapi.New(ctx, db, cfg.ServerName, rs, accts)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	bg, stop := context.WithCancel(context.Background())
+	sync.Start(bg)
+	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs, Sync: sync, stop: stop}
+	client := clientapi.New(cfg, accts, rs, sync)
+	s.Handler = s.routes(client)
 	return s, nil
 }
 
 func (s *Server) routes(client *clientapi.API) http.Handler {
 	root := httputil.NewRouter()
 	client.Register(root)
+	s.Sync.Register(root, client.Authed)
 	root.Handle("/metrics", promhttp.Handler()).Methods(http.MethodGet)
 	root.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -158,6 +172,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			first = err
 		}
 	}
+	s.stop()
 	if err := s.DB.Close(); err != nil && first == nil {
 		first = err
 	}

@@ -25,11 +25,16 @@ func Generate() (*Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	var v [3]byte
+	// Key versions may hold only letters, digits and underscores.
+	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	var v [4]byte
 	if _, err := rand.Read(v[:]); err != nil {
 		return nil, err
 	}
-	version := "a_" + base64.RawURLEncoding.EncodeToString(v[:])
+	version := "a_"
+	for _, b := range v {
+		version += string(alphabet[int(b)%len(alphabet)])
+	}
 	return &Key{ID: "ed25519:" + version, PrivateKey: priv}, nil
 }
 

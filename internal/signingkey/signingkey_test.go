@@ -44,3 +44,15 @@ func TestParse(t *testing.T) {
 		}
 	}
 }
+
+func TestGeneratedKeysAlwaysParse(t *testing.T) {
+	for i := 0; i < 2000; i++ {
+		k, err := Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Parse(k.Encode()); err != nil {
+			t.Fatalf("generated key %s does not parse: %v", k.ID, err)
+		}
+	}
+}

@@ -1,0 +1,241 @@
+package syncapi
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/sirupsen/logrus"
+
+	rsapi "github.com/plexus-chat/plexus/roomserver/api"
+	"github.com/plexus-chat/plexus/storage"
+)
+
+// consumerName is this consumer's row in syncapi_consumer.
+const consumerName = "roomserver_output"
+
+// Roomserver is what the sync API needs from the roomserver.
+type Roomserver interface {
+	OutputSince(ctx context.Context, position int64, limit int) ([]rsapi.OutputEvent, error)
+	Notify(position int64) <-chan struct{}
+	// Event fetches events the stream named but did not carry (state that
+	// entered the room through a fork) and redacted events' new form.
+	Event(ctx context.Context, eventID string) (*rsapi.Event, error)
+}
+
+// consumer copies the roomserver's output stream into the sync API's
+// tables, remembering how far it got, so a restart resumes there.
+type consumer struct {
+	db       *storage.DB
+	rs       Roomserver
+	notifier *notifier
+	pos      atomic.Int64
+	log      *logrus.Entry
+}
+
+func newConsumer(ctx context.Context, db *storage.DB, rs Roomserver, n *notifier) (*consumer, error) {
+	c := &consumer{db: db, rs: rs, notifier: n, log: logrus.WithField("component", "syncapi.consumer")}
+	var pos int64
+	err := db.Reader().QueryRowContext(ctx, sqlConsumerPos, consumerName).Scan(&pos)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, err
+	}
+	c.pos.Store(pos)
+	return c, nil
+}
+
+// run consumes until ctx ends.
+func (c *consumer) run(ctx context.Context) {
+	for {
+		n, err := c.step(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			c.log.WithError(err).Error("consuming room events failed; retrying")
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		if n > 0 {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.rs.Notify(c.pos.Load()):
+		}
+	}
+}
+
+// step consumes one batch and returns how many events it took.
+func (c *consumer) step(ctx context.Context) (int, error) {
+	batch, err := c.rs.OutputSince(ctx, c.pos.Load(), 100)
+	if err != nil || len(batch) == 0 {
+		return 0, err
+	}
+	woken := map[string]bool{}
+	for _, out := range batch {
+		users, err := c.consume(ctx, out)
+		if err != nil {
+			return 0, err
+		}
+		for _, u := range users {
+			woken[u] = true
+		}
+		c.pos.Store(out.Position)
+	}
+	for u := range woken {
+		c.notifier.wake(u)
+	}
+	return len(batch), nil
+}
+
+// consume stores one output event and returns the users to wake: the
+// room's joined members, and whoever a membership event is about.
+func (c *consumer) consume(ctx context.Context, out rsapi.OutputEvent) ([]string, error) {
+	ev := out.Event
+	err := c.db.WithTx(ctx, func(tx *sql.Tx) error {
+		adds, _ := json.Marshal(nonNil(out.AddsState))
+		removes, _ := json.Marshal(nonNil(out.RemovesState))
+		if _, err := tx.ExecContext(ctx, sqlInsertEvent, ev.EventID(), out.Position, out.RoomID, ev.Type(),
+			string(ev.SenderID()), ev.StateKey(), membershipOf(ev), string(ev.Version()), string(ev.JSON()),
+			out.TxnID, out.DeviceID, string(adds), string(removes)); err != nil {
+			return err
+		}
+		for _, id := range out.RemovesState {
+			if err := c.removeState(ctx, tx, id); err != nil {
+				return err
+			}
+		}
+		for _, id := range out.AddsState {
+			if err := c.addState(ctx, tx, out.RoomID, id, out.Position); err != nil {
+				return err
+			}
+		}
+		if ev.Type() == spec.MRoomRedaction {
+			if err := c.refresh(ctx, tx, ev.Redacts()); err != nil {
+				return err
+			}
+		}
+		_, err := tx.ExecContext(ctx, sqlSetConsumerPos, consumerName, out.Position)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	users, err := c.joinedUsers(ctx, out.RoomID)
+	if err != nil {
+		return nil, err
+	}
+	if ev.Type() == spec.MRoomMember && ev.StateKey() != nil {
+		users = append(users, *ev.StateKey())
+	}
+	return users, nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+func membershipOf(ev gomatrixserverlib.PDU) *string {
+	if ev.Type() != spec.MRoomMember {
+		return nil
+	}
+	m, err := ev.Membership()
+	if err != nil {
+		return nil
+	}
+	return &m
+}
+
+// addState makes an event part of the current state, fetching it from
+// the roomserver when the stream never carried it.
+func (c *consumer) addState(ctx context.Context, tx *sql.Tx, roomID, eventID string, pos int64) error {
+	var one int
+	err := tx.QueryRowContext(ctx, sqlKnownEvent, eventID).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		got, err := c.rs.Event(ctx, eventID)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, sqlInsertStateOnlyEvent, eventID, roomID, got.Type(), string(got.SenderID()),
+			got.StateKey(), membershipOf(got), string(got.Version()), string(got.JSON())); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	var evType string
+	var stateKey sql.NullString
+	if err := tx.QueryRowContext(ctx, sqlEventKeys, eventID).Scan(new(string), &evType, &stateKey); err != nil {
+		return err
+	}
+	if !stateKey.Valid {
+		return nil
+	}
+	var membership sql.NullString
+	if evType == spec.MRoomMember {
+		if err := tx.QueryRowContext(ctx, `SELECT membership FROM syncapi_events WHERE event_id = $1`, eventID).Scan(&membership); err != nil {
+			return err
+		}
+	}
+	_, err = tx.ExecContext(ctx, sqlUpsertState, roomID, evType, stateKey.String, eventID, membership, pos)
+	return err
+}
+
+func (c *consumer) removeState(ctx context.Context, tx *sql.Tx, eventID string) error {
+	var roomID, evType string
+	var stateKey sql.NullString
+	err := tx.QueryRowContext(ctx, `SELECT room_id, type, state_key FROM syncapi_events WHERE event_id = $1`, eventID).
+		Scan(&roomID, &evType, &stateKey)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && !stateKey.Valid) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, sqlDeleteState, roomID, evType, stateKey.String, eventID)
+	return err
+}
+
+// refresh replaces our copy of a redacted event with the roomserver's.
+func (c *consumer) refresh(ctx context.Context, tx *sql.Tx, eventID string) error {
+	got, err := c.rs.Event(ctx, eventID)
+	if errors.Is(err, rsapi.ErrEventNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, sqlUpdateEventJSON, eventID, string(got.JSON()))
+	return err
+}
+
+func (c *consumer) joinedUsers(ctx context.Context, roomID string) ([]string, error) {
+	rows, err := c.db.Reader().QueryContext(ctx, sqlJoinedUsers, roomID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var users []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			return nil, err
+		}
+		users = append(users, u)
+	}
+	return users, rows.Err()
+}

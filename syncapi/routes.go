@@ -1,0 +1,19 @@
+package syncapi
+
+import (
+	"net/http"
+
+	"github.com/gorilla/mux"
+
+	"github.com/plexus-chat/plexus/accounts"
+)
+
+// AuthedHandler is a handler for a logged-in device.
+type AuthedHandler = func(w http.ResponseWriter, r *http.Request, s *accounts.Session) error
+
+// Register adds the sync API's routes; authed wraps a handler with the
+// client API's access token check and rate limit.
+func (s *SyncAPI) Register(root *mux.Router, authed func(AuthedHandler) http.Handler) {
+	const prefix = "/_matrix/client/{apiVersion:(?:r0|v3)}"
+	root.Handle(prefix+"/sync", authed(s.sync)).Methods(http.MethodGet)
+}

@@ -1,0 +1,94 @@
+package syncapi
+
+import "github.com/plexus-chat/plexus/storage"
+
+const component = "syncapi"
+
+// The sync API keeps its own copy of what clients read: the room events
+// in stream order with the state changes each made, and each room's
+// current state. It is filled from the roomserver's output stream, so it
+// can answer /sync without asking the roomserver.
+var migrations = []storage.Migration{{
+	Version: 1,
+	SQL: `
+CREATE TABLE syncapi_events (
+	event_id TEXT NOT NULL PRIMARY KEY,
+	-- stream position; NULL for state events that never were in the timeline
+	pos BIGINT UNIQUE,
+	room_id TEXT NOT NULL,
+	type TEXT NOT NULL,
+	sender TEXT NOT NULL,
+	-- NULL when not a state event
+	state_key TEXT,
+	-- the membership of m.room.member events
+	membership TEXT,
+	room_version TEXT NOT NULL,
+	event_json TEXT NOT NULL,
+	txn_id TEXT NOT NULL DEFAULT '',
+	device_id TEXT NOT NULL DEFAULT '',
+	-- the change this event made to the room's current state: JSON arrays of event IDs
+	adds_state TEXT NOT NULL DEFAULT '[]',
+	removes_state TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX syncapi_events_room_pos ON syncapi_events (room_id, pos);
+CREATE INDEX syncapi_events_member ON syncapi_events (state_key, type, pos);
+CREATE TABLE syncapi_current_state (
+	room_id TEXT NOT NULL,
+	type TEXT NOT NULL,
+	state_key TEXT NOT NULL,
+	event_id TEXT NOT NULL,
+	membership TEXT,
+	pos BIGINT NOT NULL,
+	PRIMARY KEY (room_id, type, state_key)
+);
+CREATE INDEX syncapi_current_state_key ON syncapi_current_state (type, state_key);
+CREATE TABLE syncapi_consumer (
+	name TEXT NOT NULL PRIMARY KEY,
+	pos BIGINT NOT NULL
+);`,
+}}
+
+const (
+	sqlInsertEvent = `INSERT INTO syncapi_events (event_id, pos, room_id, type, sender, state_key, membership,
+		room_version, event_json, txn_id, device_id, adds_state, removes_state)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+		ON CONFLICT (event_id) DO UPDATE SET pos = excluded.pos, txn_id = excluded.txn_id,
+		device_id = excluded.device_id, adds_state = excluded.adds_state, removes_state = excluded.removes_state`
+	sqlInsertStateOnlyEvent = `INSERT INTO syncapi_events (event_id, room_id, type, sender, state_key, membership, room_version, event_json)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING`
+	sqlUpdateEventJSON = `UPDATE syncapi_events SET event_json = $2 WHERE event_id = $1`
+	sqlEventByID       = `SELECT room_version, event_json FROM syncapi_events WHERE event_id = $1`
+	sqlKnownEvent      = `SELECT 1 FROM syncapi_events WHERE event_id = $1`
+
+	sqlUpsertState = `INSERT INTO syncapi_current_state (room_id, type, state_key, event_id, membership, pos)
+		VALUES ($1, $2, $3, $4, $5, $6)
+		ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id,
+		membership = excluded.membership, pos = excluded.pos`
+	sqlDeleteState = `DELETE FROM syncapi_current_state WHERE room_id = $1 AND type = $2 AND state_key = $3 AND event_id = $4`
+
+	sqlConsumerPos    = `SELECT pos FROM syncapi_consumer WHERE name = $1`
+	sqlSetConsumerPos = `INSERT INTO syncapi_consumer (name, pos) VALUES ($1, $2)
+		ON CONFLICT (name) DO UPDATE SET pos = excluded.pos`
+
+	// The user's current memberships, with the position they were set at.
+	sqlUserMemberships = `SELECT room_id, membership, event_id, pos FROM syncapi_current_state
+		WHERE type = 'm.room.member' AND state_key = $1`
+	// Rooms where the user's membership changed in a window.
+	sqlMembershipChanges = `SELECT DISTINCT room_id FROM syncapi_events
+		WHERE type = 'm.room.member' AND state_key = $1 AND pos > $2 AND pos <= $3`
+	sqlJoinedUsers = `SELECT state_key FROM syncapi_current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'`
+	sqlCurrentState      = `SELECT s.type, s.state_key, s.event_id FROM syncapi_current_state s WHERE s.room_id = $1`
+	sqlCurrentStateEvent = `SELECT e.room_version, e.event_json FROM syncapi_current_state s
+		JOIN syncapi_events e ON e.event_id = s.event_id WHERE s.room_id = $1 AND s.type = $2 AND s.state_key = $3`
+
+	// The newest events of a room in a window, newest first.
+	sqlRoomEventsDesc = `SELECT pos, event_id, room_version, event_json, txn_id, device_id FROM syncapi_events
+		WHERE room_id = $1 AND pos > $2 AND pos <= $3 ORDER BY pos DESC LIMIT $4`
+	sqlRoomEventsAsc = `SELECT pos, event_id, room_version, event_json, txn_id, device_id FROM syncapi_events
+		WHERE room_id = $1 AND pos > $2 AND pos <= $3 ORDER BY pos ASC LIMIT $4`
+	// The state changes of a room after a position, newest first.
+	sqlStateChangesDesc = `SELECT pos, adds_state, removes_state FROM syncapi_events
+		WHERE room_id = $1 AND pos > $2 AND pos <= $3 AND (adds_state <> '[]' OR removes_state <> '[]') ORDER BY pos DESC`
+	sqlEventKeys = `SELECT event_id, type, state_key FROM syncapi_events WHERE event_id = $1`
+)

@@ -1,0 +1,224 @@
+package syncapi_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/plexus-chat/plexus/internal/testserver"
+	rsapi "github.com/plexus-chat/plexus/roomserver/api"
+)
+
+// createRoom makes a public room through the roomserver's Go API, so these
+// tests do not depend on the createRoom endpoint.
+func createRoom(t *testing.T, s *testserver.Server, creator string) string {
+	t.Helper()
+	roomID, err := s.Server.Roomserver.CreateRoom(context.Background(), rsapi.CreateRoomRequest{
+		Version: "12", Creator: creator,
+		InitialState: []rsapi.StateEvent{
+			{Type: "m.room.member", StateKey: creator, Content: map[string]any{"membership": "join"}},
+			{Type: "m.room.power_levels", Content: map[string]any{"users": map[string]int{}, "events_default": 0, "state_default": 50}},
+			{Type: "m.room.join_rules", Content: map[string]any{"join_rule": "public"}},
+			{Type: "m.room.history_visibility", Content: map[string]any{"history_visibility": "shared"}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return roomID
+}
+
+func sendEvent(t *testing.T, s *testserver.Server, roomID, sender, evType string, stateKey *string, content any) string {
+	t.Helper()
+	raw, _ := json.Marshal(content)
+	ev, err := s.Server.Roomserver.SendEvent(context.Background(), rsapi.NewEvent{RoomID: roomID, Sender: sender, Type: evType, StateKey: stateKey, Content: raw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev.EventID()
+}
+
+func setMembership(t *testing.T, s *testserver.Server, roomID, sender, target, membership string) string {
+	return sendEvent(t, s, roomID, sender, "m.room.member", &target, map[string]string{"membership": membership})
+}
+
+// syncUntil syncs until cond holds for the response (the consumer copies
+// events asynchronously), failing after a few seconds.
+func syncUntil(t *testing.T, s *testserver.Server, u *testserver.User, since string, params string, cond func(gjson.Result) bool) gjson.Result {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		path := "/_matrix/client/v3/sync?timeout=1000" + params
+		if since != "" {
+			path += "&since=" + url.QueryEscape(since)
+		}
+		r := s.MustOK("GET", path, u.AccessToken, nil).JSON()
+		if cond(r) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sync never satisfied the condition; last response: %s", r.Raw)
+		}
+	}
+}
+
+func TestInitialAndIncrementalSync(t *testing.T) {
+	testserver.ForEachDatabase(t, func(t *testing.T, s *testserver.Server) {
+		alice := s.Register("alice", "pw")
+		bob := s.Register("bob", "pw")
+		roomID := createRoom(t, s, alice.UserID)
+		name := ""
+		sendEvent(t, s, roomID, alice.UserID, "m.room.name", &name, map[string]string{"name": "Tea"})
+		msg := sendEvent(t, s, roomID, alice.UserID, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "hello"})
+
+		rooms := "rooms.join." + gjson.Escape(roomID)
+		r := syncUntil(t, s, alice, "", "", func(r gjson.Result) bool {
+			return r.Get(rooms + ".timeline.events.#(event_id==" + msg + ")").Exists()
+		})
+		if r.Get(rooms+".summary.m\\.joined_member_count").Int() != 1 {
+			t.Errorf("summary: %s", r.Get(rooms+".summary").Raw)
+		}
+		// Everything before the timeline is in the state section or the timeline.
+		seenName := r.Get(rooms+".state.events.#(type==m.room.name).content.name").String() == "Tea" ||
+			r.Get(rooms+".timeline.events.#(type==m.room.name).content.name").String() == "Tea"
+		if !seenName {
+			t.Errorf("room name missing from initial sync: %s", r.Get(rooms).Raw)
+		}
+		next := r.Get("next_batch").String()
+
+		// Bob joins and speaks; alice's incremental sync sees just that.
+		setMembership(t, s, roomID, bob.UserID, bob.UserID, "join")
+		bobMsg := sendEvent(t, s, roomID, bob.UserID, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "hi alice"})
+		r = syncUntil(t, s, alice, next, "", func(r gjson.Result) bool {
+			return r.Get(rooms + ".timeline.events.#(event_id==" + bobMsg + ")").Exists()
+		})
+		if got := r.Get(rooms + ".timeline.events.#").Int(); got != 2 {
+			t.Errorf("incremental timeline has %d events, want bob's join and message: %s", got, r.Get(rooms+".timeline").Raw)
+		}
+		if r.Get(rooms + ".timeline.limited").Bool() {
+			t.Error("incremental timeline limited")
+		}
+		// Bob, newly joined, gets the room with its full state.
+		rb := syncUntil(t, s, bob, "", "", func(r gjson.Result) bool { return r.Get(rooms).Exists() })
+		if !rb.Get(rooms+".state.events.#(type==m.room.create)").Exists() && !rb.Get(rooms+".timeline.events.#(type==m.room.create)").Exists() {
+			t.Errorf("bob's initial sync lacks the create event: %s", rb.Get(rooms).Raw)
+		}
+	})
+}
+
+func TestSyncLongPollWakesOnNewEvent(t *testing.T) {
+	s := testserver.New(t)
+	alice := s.Register("alice", "pw")
+	roomID := createRoom(t, s, alice.UserID)
+	// Wait until the whole room creation has been consumed.
+	r := syncUntil(t, s, alice, "", "", func(r gjson.Result) bool {
+		return r.Get("rooms.join." + gjson.Escape(roomID) + ".timeline.events.#(type==m.room.history_visibility)").Exists()
+	})
+	next := r.Get("next_batch").String()
+
+	done := make(chan gjson.Result, 1)
+	start := time.Now()
+	go func() {
+		done <- s.MustOK("GET", "/_matrix/client/v3/sync?timeout=20000&since="+url.QueryEscape(next), alice.AccessToken, nil).JSON()
+	}()
+	time.Sleep(200 * time.Millisecond)
+	msg := sendEvent(t, s, roomID, alice.UserID, "m.room.message", nil, map[string]string{"body": "wake up"})
+	select {
+	case got := <-done:
+		if !got.Get("rooms.join." + gjson.Escape(roomID) + ".timeline.events.#(event_id==" + msg + ")").Exists() {
+			t.Fatalf("woken sync lacks the event: %s", got.Raw)
+		}
+		if time.Since(start) > 15*time.Second {
+			t.Fatal("the long poll was not woken by the event")
+		}
+	case <-time.After(25 * time.Second):
+		t.Fatal("long poll never returned")
+	}
+}
+
+func TestTimelineLimitAndGappyState(t *testing.T) {
+	s := testserver.New(t)
+	alice := s.Register("alice", "pw")
+	roomID := createRoom(t, s, alice.UserID)
+	rooms := "rooms.join." + gjson.Escape(roomID)
+	filter := url.QueryEscape(`{"room":{"timeline":{"limit":2}}}`)
+	r := syncUntil(t, s, alice, "", "&filter="+filter, func(r gjson.Result) bool { return r.Get(rooms).Exists() })
+	next := r.Get("next_batch").String()
+
+	topic := ""
+	sendEvent(t, s, roomID, alice.UserID, "m.room.topic", &topic, map[string]string{"topic": "gap"})
+	for i := 0; i < 5; i++ {
+		sendEvent(t, s, roomID, alice.UserID, "m.room.message", nil, map[string]any{"body": i})
+	}
+	last := sendEvent(t, s, roomID, alice.UserID, "m.room.message", nil, map[string]string{"body": "last"})
+	r = syncUntil(t, s, alice, next, "&filter="+filter, func(r gjson.Result) bool {
+		return r.Get(rooms + ".timeline.events.#(event_id==" + last + ")").Exists()
+	})
+	if n := r.Get(rooms + ".timeline.events.#").Int(); n != 2 || !r.Get(rooms+".timeline.limited").Bool() {
+		t.Fatalf("want a limited timeline of 2: %s", r.Get(rooms+".timeline").Raw)
+	}
+	// The topic changed in the gap: it must come in the state section.
+	if r.Get(rooms+".state.events.#(type==m.room.topic).content.topic").String() != "gap" {
+		t.Fatalf("gappy sync lost the topic change: %s", r.Get(rooms+".state").Raw)
+	}
+	prev := r.Get(rooms + ".timeline.prev_batch").String()
+	if prev == "" {
+		t.Fatal("no prev_batch")
+	}
+}
+
+func TestInviteAndLeaveSections(t *testing.T) {
+	s := testserver.New(t)
+	alice := s.Register("alice", "pw")
+	bob := s.Register("bob", "pw")
+	roomID := createRoom(t, s, alice.UserID)
+	esc := gjson.Escape(roomID)
+	rb := syncUntil(t, s, bob, "", "", func(r gjson.Result) bool { return r.Get("next_batch").Exists() })
+	next := rb.Get("next_batch").String()
+
+	setMembership(t, s, roomID, alice.UserID, bob.UserID, "invite")
+	rb = syncUntil(t, s, bob, next, "", func(r gjson.Result) bool { return r.Get("rooms.invite." + esc).Exists() })
+	if !rb.Get("rooms.invite." + esc + ".invite_state.events.#(type==m.room.member).content.membership").Exists() {
+		t.Fatalf("invite_state lacks the invite: %s", rb.Get("rooms.invite").Raw)
+	}
+	if !rb.Get("rooms.invite." + esc + ".invite_state.events.#(type==m.room.join_rules)").Exists() {
+		t.Fatalf("invite_state lacks the join rules: %s", rb.Get("rooms.invite").Raw)
+	}
+	next = rb.Get("next_batch").String()
+	setMembership(t, s, roomID, bob.UserID, bob.UserID, "join")
+	rb = syncUntil(t, s, bob, next, "", func(r gjson.Result) bool { return r.Get("rooms.join." + esc).Exists() })
+	next = rb.Get("next_batch").String()
+	setMembership(t, s, roomID, alice.UserID, bob.UserID, "ban")
+	rb = syncUntil(t, s, bob, next, "", func(r gjson.Result) bool { return r.Get("rooms.leave." + esc).Exists() })
+	if rb.Get("rooms.join." + esc).Exists() {
+		t.Fatal("a banned user still sees the room as joined")
+	}
+	if rb.Get("rooms.leave."+esc+".timeline.events.@reverse.0.content.membership").String() != "ban" {
+		t.Fatalf("leave timeline does not end with the ban: %s", rb.Get("rooms.leave").Raw)
+	}
+}
+
+func TestSyncAccountDataAndErrors(t *testing.T) {
+	s := testserver.New(t)
+	alice := s.Register("alice", "pw")
+	r := syncUntil(t, s, alice, "", "", func(r gjson.Result) bool { return r.Get("next_batch").Exists() })
+	next := r.Get("next_batch").String()
+	s.MustOK("PUT", "/_matrix/client/v3/user/"+url.PathEscape(alice.UserID)+"/account_data/org.example.x", alice.AccessToken, map[string]int{"a": 1})
+	r = syncUntil(t, s, alice, next, "", func(r gjson.Result) bool {
+		return r.Get("account_data.events.#(type==org.example.x).content.a").Int() == 1
+	})
+	// With nothing new, a zero-timeout sync comes back empty at once.
+	r2 := s.MustOK("GET", "/_matrix/client/v3/sync?timeout=0&since="+url.QueryEscape(r.Get("next_batch").String()), alice.AccessToken, nil)
+	if r2.Get("account_data.events.#").Int() != 0 {
+		t.Fatalf("account data repeated: %s", r2)
+	}
+	s.ExpectError(400, "M_INVALID_PARAM", "GET", "/_matrix/client/v3/sync?since=garbage", alice.AccessToken, nil)
+	s.ExpectError(400, "M_INVALID_PARAM", "GET", "/_matrix/client/v3/sync?timeout=-5", alice.AccessToken, nil)
+	s.ExpectError(404, "M_NOT_FOUND", "GET", "/_matrix/client/v3/sync?filter=999", alice.AccessToken, nil)
+	s.ExpectError(400, "M_BAD_JSON", "GET", "/_matrix/client/v3/sync?filter="+url.QueryEscape(`{"room":{"timeline":{"limit":"x"}}}`), alice.AccessToken, nil)
+	s.ExpectError(401, "M_MISSING_TOKEN", "GET", "/_matrix/client/v3/sync", "", nil)
+}
