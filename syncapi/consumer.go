@@ -26,6 +26,8 @@ type Roomserver interface {
 	// Event fetches events the stream named but did not carry (state that
 	// entered the room through a fork) and redacted events' new form.
 	Event(ctx context.Context, eventID string) (*rsapi.Event, error)
+	// VisibleEvents applies the history visibility rules for a user.
+	VisibleEvents(ctx context.Context, userID string, events []gomatrixserverlib.PDU) ([]gomatrixserverlib.PDU, error)
 }
 
 // consumer copies the roomserver's output stream into the sync API's

@@ -25,6 +25,7 @@ type SyncAPI struct {
 	accounts   Accounts
 	notifier   *notifier
 	consumer   *consumer
+	rs         Roomserver
 }
 
 // New opens the sync API's storage. Start must be called to consume events.
@@ -37,7 +38,7 @@ func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, 
 	if err != nil {
 		return nil, err
 	}
-	return &SyncAPI{db: db, serverName: serverName, accounts: accts, notifier: n, consumer: c}, nil
+	return &SyncAPI{db: db, serverName: serverName, accounts: accts, notifier: n, consumer: c, rs: rs}, nil
 }
 
 // Start consumes the roomserver's output until ctx ends.

@@ -144,6 +144,26 @@ func Parse(data []byte) (*Filter, error) {
 	return f, nil
 }
 
+// ParseRoomEventFilter checks and decodes a RoomEventFilter on its own, as
+// /messages and /context take one. Errors as for Parse; an empty object
+// is a filter that keeps everything.
+func ParseRoomEventFilter(data []byte) (*RoomEventFilter, error) {
+	if len(data) > MaxSize {
+		return nil, ErrTooLarge
+	}
+	trimmed := bytes.TrimSpace(data)
+	if len(trimmed) == 0 || trimmed[0] != '{' || !utf8.Valid(trimmed) || !json.Valid(trimmed) {
+		return nil, ErrNotJSON
+	}
+	// Wrapped under the empty key, so field paths read as the client wrote them.
+	holder := &object{fields: map[string]json.RawMessage{"": trimmed}}
+	f, err := holder.roomEventFilter("")
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
 // object is a JSON object being checked, with the path that leads to it.
 type object struct {
 	path   string

@@ -153,3 +153,17 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatalf("reparse: %+v, %v", again, err)
 	}
 }
+
+func TestParseRoomEventFilter(t *testing.T) {
+	f, err := ParseRoomEventFilter([]byte(`{"types":["m.room.message"],"limit":5,"lazy_load_members":true}`))
+	if err != nil || f.Limit != 5 || len(f.Types) != 1 || !f.LazyLoadMembers {
+		t.Fatalf("got %+v, %v", f, err)
+	}
+	var fe *FieldError
+	if _, err := ParseRoomEventFilter([]byte(`{"limit":"x"}`)); !errors.As(err, &fe) || fe.Field != "limit" {
+		t.Fatalf("bad limit: %v", err)
+	}
+	if _, err := ParseRoomEventFilter([]byte(`[]`)); !errors.Is(err, ErrNotJSON) {
+		t.Fatalf("array: %v", err)
+	}
+}
