@@ -22,9 +22,9 @@ type API struct {
 	rooms    rsapi.RoomserverAPI
 	// waker wakes a user's long-polling syncs after changes the sync API
 	// does not see in the room stream (account data).
-	waker UserWaker
-	uiaa     *uiaaSessions
-	nonces   *nonceStore
+	waker  UserWaker
+	uiaa   *uiaaSessions
+	nonces *nonceStore
 
 	// limit is the general per-client limiter, authLimit the stricter one
 	// for login and registration; both nil when rate limiting is off.

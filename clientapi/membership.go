@@ -1,3 +1,442 @@
 package clientapi
 
-func (a *API) registerMembershipRoutes(r *router) {}
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
+
+	"github.com/plexus-chat/plexus/accounts"
+	"github.com/plexus-chat/plexus/internal/httputil"
+	"github.com/plexus-chat/plexus/internal/mxid"
+	rsapi "github.com/plexus-chat/plexus/roomserver/api"
+)
+
+func (a *API) registerMembershipRoutes(r *router) {
+	// Guests may join (where guest access allows it), leave and list their
+	// rooms; the other membership endpoints are not open to them.
+	r.authed(v3, "/join/{roomIdOrAlias}", a.joinByIDOrAlias, http.MethodPost)
+	r.authed(v3, "/rooms/{roomId}/join", a.joinByID, http.MethodPost)
+	r.authed(v3, "/rooms/{roomId}/leave", a.leave, http.MethodPost)
+	r.authed(v3, "/rooms/{roomId}/forget", noGuests(a.forget), http.MethodPost)
+	r.authed(v3, "/rooms/{roomId}/invite", noGuests(a.invite), http.MethodPost)
+	r.authed(v3, "/rooms/{roomId}/kick", noGuests(a.moderate(actionKick)), http.MethodPost)
+	r.authed(v3, "/rooms/{roomId}/ban", noGuests(a.moderate(actionBan)), http.MethodPost)
+	r.authed(v3, "/rooms/{roomId}/unban", noGuests(a.moderate(actionUnban)), http.MethodPost)
+	r.authed(v3, "/knock/{roomIdOrAlias}", noGuests(a.knock), http.MethodPost)
+	r.authed(v3, "/joined_rooms", a.joinedRooms, http.MethodGet)
+}
+
+// reasonBody is the body of the endpoints whose only field is a reason.
+type reasonBody struct {
+	Reason string `json:"reason"`
+}
+
+// pathRoomID is the {roomId} of the path, checked for shape only.
+func pathRoomID(r *http.Request) (string, error) {
+	id := httputil.Vars(r)["roomId"]
+	if !validRoomID(id) {
+		return "", httputil.InvalidParam("Invalid room ID")
+	}
+	return id, nil
+}
+
+// resolveRoom turns a room ID or a local alias into a room ID.
+func (a *API) resolveRoom(ctx context.Context, idOrAlias string) (string, error) {
+	switch {
+	case strings.HasPrefix(idOrAlias, "!"):
+		if !validRoomID(idOrAlias) {
+			return "", httputil.InvalidParam("Invalid room ID")
+		}
+		return idOrAlias, nil
+	case strings.HasPrefix(idOrAlias, "#"):
+		server, err := validRoomAlias(idOrAlias)
+		if err != nil {
+			return "", httputil.InvalidParam("Invalid room alias: %v", err)
+		}
+		// Other servers' aliases need a federation query, which does not
+		// exist yet.
+		if server != a.cfg.ServerName {
+			return "", httputil.NotFound("Room alias %s not found", idOrAlias)
+		}
+		roomID, err := a.rooms.ResolveAlias(ctx, idOrAlias)
+		if err != nil {
+			return "", err
+		}
+		if roomID == "" {
+			return "", httputil.NotFound("Room alias %s not found", idOrAlias)
+		}
+		return roomID, nil
+	}
+	return "", httputil.InvalidParam("Expected a room ID or a room alias")
+}
+
+func (a *API) joinByIDOrAlias(w http.ResponseWriter, r *http.Request, s *accounts.Session) error {
+	var req reasonBody
+	if err := readOptionalJSON(r, &req); err != nil {
+		return err
+	}
+	// via and server_name name servers to join remote rooms through; only
+	// local rooms can be joined until federation exists.
+	roomID, err := a.resolveRoom(r.Context(), httputil.Vars(r)["roomIdOrAlias"])
+	if err != nil {
+		return err
+	}
+	return a.join(w, r, s, roomID, req.Reason)
+}
+
+func (a *API) joinByID(w http.ResponseWriter, r *http.Request, s *accounts.Session) error {
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	// third_party_signed is not read: third-party invites need an identity
+	// server, which this server does not use.
+	var req reasonBody
+	if err := readOptionalJSON(r, &req); err != nil {
+		return err
+	}
+	return a.join(w, r, s, roomID, req.Reason)
+}
+
+// join joins the user to a room this server knows. A room on another
+// server is not found: joining over federation comes with federation.
+func (a *API) join(w http.ResponseWriter, r *http.Request, s *accounts.Session, roomID, reason string) error {
+	ctx := r.Context()
+	userID := a.userID(s.Localpart)
+	current, err := a.rooms.Membership(ctx, roomID, userID)
+	if err != nil {
+		return roomError(err)
+	}
+	if current.Membership != spec.Join {
+		if s.IsGuest {
+			ev, err := a.rooms.CurrentStateEvent(ctx, roomID, spec.MRoomGuestAccess, "")
+			if err != nil {
+				return roomError(err)
+			}
+			if ev == nil || gjson.GetBytes(ev.Content(), "guest_access").String() != "can_join" {
+				return httputil.GuestForbidden("Guests may not join this room")
+			}
+		}
+		authoriser, err := a.rooms.JoinAuthoriser(ctx, roomID, userID)
+		if err != nil {
+			return roomError(err)
+		}
+		content, err := a.ownMemberContent(ctx, s.Localpart, spec.Join, reason)
+		if err != nil {
+			return err
+		}
+		if authoriser != "" {
+			content["join_authorised_via_users_server"] = authoriser
+		}
+		if err := a.sendMembership(ctx, roomID, userID, userID, content); err != nil {
+			return err
+		}
+	}
+	// Joining a room one is in already changes nothing.
+	httputil.WriteJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+	return nil
+}
+
+func (a *API) knock(w http.ResponseWriter, r *http.Request, s *accounts.Session) error {
+	ctx := r.Context()
+	var req reasonBody
+	if err := readOptionalJSON(r, &req); err != nil {
+		return err
+	}
+	roomID, err := a.resolveRoom(ctx, httputil.Vars(r)["roomIdOrAlias"])
+	if err != nil {
+		return err
+	}
+	version, err := a.rooms.RoomVersion(ctx, roomID)
+	if err != nil {
+		return roomError(err)
+	}
+	ev, err := a.rooms.CurrentStateEvent(ctx, roomID, spec.MRoomJoinRules, "")
+	if err != nil {
+		return roomError(err)
+	}
+	joinRule := ""
+	if ev != nil {
+		joinRule = gjson.GetBytes(ev.Content(), "join_rule").String()
+	}
+	if !knockAllowed(string(version), joinRule) {
+		return httputil.Forbidden("You are not allowed to knock on this room")
+	}
+	userID := a.userID(s.Localpart)
+	content, err := a.ownMemberContent(ctx, s.Localpart, spec.Knock, req.Reason)
+	if err != nil {
+		return err
+	}
+	if err := a.sendMembership(ctx, roomID, userID, userID, content); err != nil {
+		return err
+	}
+	httputil.WriteJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+	return nil
+}
+
+// knockAllowed reports whether the join rule lets people knock in this
+// room version: knock from version 7, knock_restricted from version 10.
+// The auth rules check the rest (bans, current membership).
+func knockAllowed(version, joinRule string) bool {
+	n, err := strconv.Atoi(version)
+	if err != nil {
+		return false
+	}
+	switch joinRule {
+	case spec.Knock:
+		return n >= 7
+	case spec.KnockRestricted:
+		return n >= 10
+	}
+	return false
+}
+
+func (a *API) leave(w http.ResponseWriter, r *http.Request, s *accounts.Session) error {
+	ctx := r.Context()
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	var req reasonBody
+	if err := readOptionalJSON(r, &req); err != nil {
+		return err
+	}
+	userID := a.userID(s.Localpart)
+	current, err := a.rooms.Membership(ctx, roomID, userID)
+	if err != nil {
+		return roomError(err)
+	}
+	if current.Membership == spec.Leave {
+		if current.EventID == "" {
+			return httputil.Forbidden("You are not a member of this room")
+		}
+		// Leaving a room one has left already changes nothing.
+	} else if err := a.sendMembership(ctx, roomID, userID, userID, memberContent(spec.Leave, req.Reason)); err != nil {
+		return err
+	}
+	httputil.WriteJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+func (a *API) forget(w http.ResponseWriter, r *http.Request, s *accounts.Session) error {
+	ctx := r.Context()
+	roomID, err := pathRoomID(r)
+	if err != nil {
+		return err
+	}
+	userID := a.userID(s.Localpart)
+	current, err := a.rooms.Membership(ctx, roomID, userID)
+	if err != nil {
+		return roomError(err)
+	}
+	if current.EventID == "" {
+		return httputil.NotFound("You were never a member of this room")
+	}
+	errInRoom := httputil.BadRequest("User %s is in room %s: leave it first", userID, roomID)
+	switch current.Membership {
+	case spec.Join, spec.Invite, spec.Knock:
+		return errInRoom
+	}
+	forgotten, err := a.rooms.ForgetRoom(ctx, roomID, userID)
+	if err != nil {
+		return roomError(err)
+	}
+	if !forgotten {
+		return errInRoom // the membership changed since it was read
+	}
+	httputil.WriteJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+// targetBody is the body of invite, kick, ban and unban. The invite
+// endpoint's third-party form has id_server, medium and address instead
+// of user_id.
+type targetBody struct {
+	UserID   *string `json:"user_id"`
+	Reason   string  `json:"reason"`
+	IDServer *string `json:"id_server"`
+	Medium   *string `json:"medium"`
+	Address  *string `json:"address"`
+}
+
+// readTarget reads the body of invite, kick, ban and unban and checks the
+// room exists.
+func (a *API) readTarget(r *http.Request) (roomID string, body targetBody, err error) {
+	if roomID, err = pathRoomID(r); err != nil {
+		return "", body, err
+	}
+	if err = httputil.ReadJSON(r, &body); err != nil {
+		return "", body, err
+	}
+	if body.UserID == nil {
+		if body.IDServer != nil || body.Medium != nil || body.Address != nil {
+			return "", body, errNo3PIDInvites()
+		}
+		return "", body, httputil.MissingParam("user_id is required")
+	}
+	if _, err := mxid.ParseUserID(*body.UserID); err != nil {
+		return "", body, httputil.InvalidParam("Invalid user ID: %v", err)
+	}
+	if _, err := a.rooms.RoomVersion(r.Context(), roomID); err != nil {
+		return "", body, roomError(err)
+	}
+	return roomID, body, nil
+}
+
+func (a *API) invite(w http.ResponseWriter, r *http.Request, s *accounts.Session) error {
+	roomID, body, err := a.readTarget(r)
+	if err != nil {
+		return err
+	}
+	content, err := a.inviteContent(r.Context(), *body.UserID, body.Reason, false)
+	if err != nil {
+		return err
+	}
+	// The auth rules refuse inviters outside the room or without the
+	// power, and invitees who are joined or banned. Inviting someone
+	// invited already is allowed (the spec answers 200).
+	if err := a.sendMembership(r.Context(), roomID, a.userID(s.Localpart), *body.UserID, content); err != nil {
+		return err
+	}
+	httputil.WriteJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+// Moderation actions on another user's membership.
+const (
+	actionKick  = "kick"
+	actionBan   = "ban"
+	actionUnban = "unban"
+)
+
+// moderate makes the kick, ban and unban handlers. Kick and unban both set
+// the target's membership to leave; the auth rules check the sender's
+// power. The checks here give the errors the spec names for targets in
+// the wrong state.
+func (a *API) moderate(action string) AuthedHandler {
+	return func(w http.ResponseWriter, r *http.Request, s *accounts.Session) error {
+		ctx := r.Context()
+		roomID, body, err := a.readTarget(r)
+		if err != nil {
+			return err
+		}
+		target := *body.UserID
+		membership := spec.Leave
+		if action == actionBan {
+			membership = spec.Ban
+		} else {
+			current, err := a.rooms.Membership(ctx, roomID, target)
+			if err != nil {
+				return roomError(err)
+			}
+			switch m := current.Membership; {
+			case action == actionKick && m != spec.Join && m != spec.Invite && m != spec.Knock:
+				return httputil.Forbidden("%s is not in the room", target)
+			case action == actionUnban && m != spec.Ban:
+				return &httputil.Error{Status: http.StatusForbidden, Code: "M_BAD_STATE", Message: target + " is not banned"}
+			}
+		}
+		if err := a.sendMembership(ctx, roomID, a.userID(s.Localpart), target, memberContent(membership, body.Reason)); err != nil {
+			return err
+		}
+		httputil.WriteJSON(w, http.StatusOK, struct{}{})
+		return nil
+	}
+}
+
+func (a *API) joinedRooms(w http.ResponseWriter, r *http.Request, s *accounts.Session) error {
+	memberships, err := a.rooms.Memberships(r.Context(), a.userID(s.Localpart))
+	if err != nil {
+		return err
+	}
+	rooms := []string{}
+	for _, m := range memberships {
+		if m.Membership == spec.Join {
+			rooms = append(rooms, m.RoomID)
+		}
+	}
+	httputil.WriteJSON(w, http.StatusOK, map[string][]string{"joined_rooms": rooms})
+	return nil
+}
+
+// memberContent is an m.room.member content with an optional reason.
+func memberContent(membership, reason string) map[string]any {
+	content := map[string]any{"membership": membership}
+	if reason != "" {
+		content["reason"] = reason
+	}
+	return content
+}
+
+// ownMemberContent is a local user's membership content about
+// themselves, with the display name and avatar of their profile.
+func (a *API) ownMemberContent(ctx context.Context, localpart, membership, reason string) (map[string]any, error) {
+	content := memberContent(membership, reason)
+	p, err := a.accounts.Profile(ctx, localpart)
+	if errors.Is(err, accounts.ErrNotFound) {
+		return content, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	addProfile(content, p)
+	return content, nil
+}
+
+// inviteContent is the content inviting a user, who must be a local user
+// (inviting users of other servers needs federation, which does not exist
+// yet). It carries the invitee's display name and avatar, as membership
+// events describe their target.
+func (a *API) inviteContent(ctx context.Context, userID, reason string, isDirect bool) (map[string]any, error) {
+	uid, err := mxid.ParseUserID(userID)
+	if err != nil {
+		return nil, httputil.InvalidParam("Invalid user ID %q: %v", userID, err)
+	}
+	if uid.Server != a.cfg.ServerName {
+		return nil, httputil.Forbidden("Cannot invite %s: inviting users of other servers needs federation, which is not available yet", userID)
+	}
+	// Local localparts are lower-case; user IDs are case-sensitive.
+	if uid.Localpart != strings.ToLower(uid.Localpart) {
+		return nil, httputil.NotFound("User %s does not exist", userID)
+	}
+	p, err := a.accounts.Profile(ctx, uid.Localpart)
+	if errors.Is(err, accounts.ErrNotFound) {
+		return nil, httputil.NotFound("User %s does not exist", userID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	content := memberContent(spec.Invite, reason)
+	if isDirect {
+		content["is_direct"] = true
+	}
+	addProfile(content, p)
+	return content, nil
+}
+
+func addProfile(content map[string]any, p accounts.Profile) {
+	if p.DisplayName != "" {
+		content["displayname"] = p.DisplayName
+	}
+	if p.AvatarURL != "" {
+		content["avatar_url"] = p.AvatarURL
+	}
+}
+
+// sendMembership sends sender's m.room.member event about target.
+func (a *API) sendMembership(ctx context.Context, roomID, sender, target string, content map[string]any) error {
+	raw, err := json.Marshal(content)
+	if err != nil {
+		return err
+	}
+	_, err = a.rooms.SendEvent(ctx, rsapi.NewEvent{
+		RoomID: roomID, Sender: sender, Type: spec.MRoomMember, StateKey: &target, Content: raw,
+	})
+	return roomError(err)
+}

@@ -51,6 +51,9 @@ func (r *Roomserver) CreateRoom(ctx context.Context, req api.CreateRoomRequest) 
 	unlock := r.lockRoom(roomID)
 	defer unlock()
 	err = r.inTx(ctx, func(t *txn) error {
+		if err := r.createRoomExtras(ctx, t, roomID, req); err != nil {
+			return err
+		}
 		rm := &room{id: roomID, version: req.Version, verImpl: verImpl}
 		if err := t.QueryRowContext(ctx, sqlInsertRoom, roomID, string(req.Version), storage.NowMillis()).Scan(&rm.nid); err != nil {
 			return err

@@ -94,6 +94,27 @@ var migrations = []storage.Migration{{
 		creator TEXT NOT NULL
 	);
 	CREATE INDEX roomserver_aliases_room ON roomserver_aliases (room_id)`,
+}, {
+	Version: 4,
+	// Rooms listed in the published room directory (directory.go).
+	SQL: `CREATE TABLE roomserver_published (
+		room_id TEXT NOT NULL PRIMARY KEY
+	)`,
+}, {
+	Version: 5,
+	// Finding a room's events by time: /timestamp_to_event (timestamp.go).
+	SQL: `CREATE INDEX roomserver_events_room_ts ON roomserver_events (room_nid, origin_server_ts)`,
+}, {
+	Version: 6,
+	// Rooms users have forgotten (membership.go): the membership event
+	// they forgot the room at.
+	SQL: `CREATE TABLE roomserver_forgotten (
+		room_nid BIGINT NOT NULL,
+		user_id TEXT NOT NULL,
+		event_nid BIGINT NOT NULL,
+		PRIMARY KEY (room_nid, user_id)
+	);
+	CREATE INDEX roomserver_forgotten_user ON roomserver_forgotten (user_id)`,
 }}
 
 const (

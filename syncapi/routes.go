@@ -18,4 +18,6 @@ func (s *SyncAPI) Register(root *mux.Router, authed func(AuthedHandler) http.Han
 	root.Handle(prefix+"/sync", authed(s.sync)).Methods(http.MethodGet)
 	root.Handle(prefix+"/rooms/{roomId}/messages", authed(s.messages)).Methods(http.MethodGet)
 	root.Handle(prefix+"/rooms/{roomId}/context/{eventId}", authed(s.context)).Methods(http.MethodGet)
+	s.registerEphemeralRoutes(root, prefix, authed)
+	s.registerDeviceMessagingRoutes(root, prefix, authed)
 }

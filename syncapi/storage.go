@@ -46,6 +46,65 @@ CREATE TABLE syncapi_consumer (
 	name TEXT NOT NULL PRIMARY KEY,
 	pos BIGINT NOT NULL
 );`,
+}, {
+	// Send-to-device messages and presence (todevice.go, presence.go).
+	Version: 2,
+	SQL: `
+-- positions of the streams whose rows are deleted or change in place
+CREATE TABLE syncapi_stream_counters (
+	stream TEXT NOT NULL PRIMARY KEY,
+	pos BIGINT NOT NULL
+);
+-- messages waiting for a device until it acknowledges them
+CREATE TABLE syncapi_send_to_device (
+	pos BIGINT NOT NULL PRIMARY KEY,
+	user_id TEXT NOT NULL,
+	device_id TEXT NOT NULL,
+	sender TEXT NOT NULL,
+	type TEXT NOT NULL,
+	content TEXT NOT NULL
+);
+CREATE INDEX syncapi_send_to_device_recipient ON syncapi_send_to_device (user_id, device_id, pos);
+-- transaction IDs of recent sends, so that a retry is a no-op
+CREATE TABLE syncapi_send_to_device_txns (
+	user_id TEXT NOT NULL,
+	device_id TEXT NOT NULL,
+	txn_id TEXT NOT NULL,
+	ts BIGINT NOT NULL,
+	PRIMARY KEY (user_id, device_id, txn_id)
+);
+CREATE TABLE syncapi_presence (
+	user_id TEXT NOT NULL PRIMARY KEY,
+	presence TEXT NOT NULL,
+	status_msg TEXT,
+	last_active_ts BIGINT NOT NULL,
+	last_seen_ts BIGINT NOT NULL,
+	-- position of the last change others see
+	pos BIGINT NOT NULL
+);
+CREATE INDEX syncapi_presence_pos ON syncapi_presence (pos);`,
+}, {
+	// Receipts (receipts.go): each user's latest per room, type and thread.
+	Version: 3,
+	SQL: `
+CREATE TABLE syncapi_receipts (
+	room_id TEXT NOT NULL,
+	user_id TEXT NOT NULL,
+	receipt_type TEXT NOT NULL,
+	-- '' for an unthreaded receipt, else 'main' or a thread root's event ID
+	thread_id TEXT NOT NULL,
+	event_id TEXT NOT NULL,
+	ts BIGINT NOT NULL,
+	-- position in the receipt stream of the last change
+	pos BIGINT NOT NULL,
+	PRIMARY KEY (room_id, user_id, receipt_type, thread_id)
+);
+CREATE INDEX syncapi_receipts_room_pos ON syncapi_receipts (room_id, pos);
+CREATE INDEX syncapi_receipts_pos ON syncapi_receipts (pos);
+CREATE INDEX syncapi_receipts_user ON syncapi_receipts (user_id);
+-- the receipt stream's position, one row
+CREATE TABLE syncapi_receipt_stream (pos BIGINT NOT NULL);
+INSERT INTO syncapi_receipt_stream (pos) VALUES (0);`,
 }}
 
 const (

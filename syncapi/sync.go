@@ -35,6 +35,7 @@ type syncRequest struct {
 	timeout                     time.Duration
 	fullState                   bool
 	useStateAfter               bool
+	setPresence                 string // "", online, offline or unavailable
 	filter                      *eventfilter.Filter
 }
 
@@ -93,6 +94,7 @@ func (s *SyncAPI) parseRequest(r *http.Request, sess *accounts.Session) (*syncRe
 	}
 	switch p := q.Get("set_presence"); p {
 	case "", "online", "offline", "unavailable":
+		req.setPresence = p
 	default:
 		return nil, httputil.InvalidParam("set_presence must be online, offline or unavailable")
 	}
@@ -182,6 +184,8 @@ type joinedRoom struct {
 	Ephemeral   eventList      `json:"ephemeral"`
 	AccountData eventList      `json:"account_data"`
 	Unread      map[string]int `json:"unread_notifications"`
+
+	UnreadThreads map[string]map[string]int `json:"unread_thread_notifications,omitempty"` // set in ephemeral.go
 }
 
 type invitedRoom struct {
@@ -248,6 +252,14 @@ func (s *SyncAPI) buildResponse(ctx context.Context, req *syncRequest) (*syncRes
 		return b.rooms(ctx, resp, roomData)
 	})
 	if err != nil {
+		return nil, err
+	}
+	// The streams beside the room events: each fills its part of resp and
+	// moves its position in next.
+	if err := s.syncEphemeral(ctx, req, since, &next, resp); err != nil {
+		return nil, err
+	}
+	if err := s.syncDeviceMessaging(ctx, req, since, &next, resp); err != nil {
 		return nil, err
 	}
 	resp.NextBatch = next.String()

@@ -35,6 +35,7 @@ Commands:
   generate-keys    write a new signing key
   create-account   create a local account
   version          print the version
+  complement-start run as a Complement test image (see build/complement)
 
 Every command takes --data-dir DIR (default ./data) and --config FILE
 (default DIR/plexus.yaml). Run 'plexus COMMAND -h' for a command's flags.
@@ -61,6 +62,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return generateKeys(args, stdout, stderr)
 	case "create-account":
 		return createAccount(args, stdout, stderr)
+	case "complement-start":
+		return complementStart(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "plexus", version.String())
 		return nil

@@ -66,20 +66,29 @@ func start(t *testing.T, dataDir string) *started {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	found := make(chan string, 1)
-	out := &bytes.Buffer{}
+	type banner struct{ url, text string }
+	found := make(chan banner, 1)
 	go func() {
+		// The banner ends with an empty line; hand it over whole.
+		var text strings.Builder
+		url := ""
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			out.WriteString(sc.Text() + "\n")
-			if m := listenLine.FindStringSubmatch(sc.Text()); m != nil {
-				found <- m[1]
+			text.WriteString(sc.Text() + "\n")
+			if m := listenLine.FindStringSubmatch(sc.Text()); m != nil && url == "" {
+				url = m[1]
 			}
+			if sc.Text() == "" && url != "" {
+				found <- banner{url, text.String()}
+				break
+			}
+		}
+		for sc.Scan() {
 		}
 	}()
 	select {
-	case url := <-found:
-		return &started{cmd: cmd, url: url, out: out}
+	case b := <-found:
+		return &started{cmd: cmd, url: b.url, out: bytes.NewBufferString(b.text)}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("server did not start; stderr:\n%s", stderr.String())
 	}

@@ -22,8 +22,8 @@ import (
 	"github.com/plexus-chat/plexus/internal/httputil"
 	"github.com/plexus-chat/plexus/internal/signingkey"
 	"github.com/plexus-chat/plexus/roomserver"
-	"github.com/plexus-chat/plexus/syncapi"
 	"github.com/plexus-chat/plexus/storage"
+	"github.com/plexus-chat/plexus/syncapi"
 )
 
 // Server is a running homeserver.

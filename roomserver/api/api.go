@@ -72,6 +72,11 @@ type CreateRoomRequest struct {
 	CreateContent map[string]any
 	// InitialState follows the creator's join (power levels first).
 	InitialState []StateEvent
+	// Alias, when set, is a local alias created for the room in the same
+	// transaction; ErrAliasInUse when taken.
+	Alias string
+	// Publish lists the room in the published room directory.
+	Publish bool
 }
 
 // Event is a stored event with what the roomserver knows about it.
@@ -172,4 +177,131 @@ type RoomserverAPI interface {
 	Querier
 	Stream
 	Aliases
+	Directory // directory and room upgrades: see the block below
+	Upgrader
+	UserReader    // history visibility: see the block below
+	MembershipAPI // restricted joins and forgotten rooms: see the block below
+}
+
+// ---- Published room directory and room upgrades (roomserver/directory.go,
+// roomserver/upgrade.go) ----
+
+// PublicRoom is a room as the published room directory shows it.
+type PublicRoom struct {
+	RoomID           string
+	Name             string
+	Topic            string // plain text; "" when none
+	CanonicalAlias   string
+	AvatarURL        string
+	JoinRule         string // "" when the room has no join rules event
+	RoomType         string // the create event's type, "" when none
+	NumJoinedMembers int
+	WorldReadable    bool
+	GuestCanJoin     bool
+}
+
+// PublicRoomsFilter narrows the published room directory.
+type PublicRoomsFilter struct {
+	// SearchTerm, when set, must occur in the name, topic or canonical
+	// alias, ignoring case.
+	SearchTerm string
+	// RoomTypes, when non-empty, keeps only rooms of these types; "" stands
+	// for rooms without a type.
+	RoomTypes []string
+}
+
+// Directory is the published room directory and the permission checks
+// its endpoints need.
+type Directory interface {
+	// SetPublished lists or unlists a room; ErrRoomNotFound.
+	SetPublished(ctx context.Context, roomID string, published bool) error
+	// Published reports whether a room is listed; ErrRoomNotFound.
+	Published(ctx context.Context, roomID string) (bool, error)
+	// PublicRooms returns the listed rooms that match the filter, most
+	// joined members first, then by room ID.
+	PublicRooms(ctx context.Context, filter PublicRoomsFilter) ([]PublicRoom, error)
+	// CanSendState reports whether the auth rules would let the user send
+	// a state event of this type (empty state key) in the room now.
+	CanSendState(ctx context.Context, roomID, userID, eventType string) (bool, error)
+	// IsRoomCreator reports whether the user created the room (or is one
+	// of its additional creators in room version 12).
+	IsRoomCreator(ctx context.Context, roomID, userID string) (bool, error)
+}
+
+// UpgradeRoomRequest asks to replace a room by a new one of another version.
+type UpgradeRoomRequest struct {
+	RoomID     string
+	UserID     string // the local user upgrading, who needs power to send m.room.tombstone
+	NewVersion gomatrixserverlib.RoomVersion
+	// AdditionalCreators of the new room, for versions that have them.
+	AdditionalCreators []string
+}
+
+// Upgrader upgrades rooms.
+type Upgrader interface {
+	// UpgradeRoom creates the replacement room, copies the old room's
+	// transferable state, moves its aliases and directory listing, and
+	// tombstones the old room. It returns the new room's ID;
+	// ErrUnsupportedRoomVersion, ErrRoomNotFound, *NotAllowedError.
+	UpgradeRoom(ctx context.Context, req UpgradeRoomRequest) (string, error)
+}
+
+// ---- Reading rooms as a user: history visibility (roomserver/visibility.go,
+// roomserver/members.go, roomserver/timestamp.go) ----
+
+// ReadableState is the state of a room that a user may read.
+type ReadableState struct {
+	// Snapshot is the state, for StateAt and StateEventAt.
+	Snapshot int64
+	// Current is true for the room's current state (the user is joined, or
+	// the room is world_readable); otherwise Snapshot is the state when the
+	// user last left.
+	Current bool
+}
+
+// UserReader reads rooms the way the history visibility rules let a user
+// see them.
+type UserReader interface {
+	// VisibleEvents returns, in order, the events the user may see: by the
+	// history visibility and the user's membership at each event. In rooms
+	// the user forgot only world_readable events are left. Events the
+	// server does not have (or has only as outliers) are left out.
+	VisibleEvents(ctx context.Context, userID string, events []gomatrixserverlib.PDU) ([]gomatrixserverlib.PDU, error)
+	// ReadableState returns the state of the room the user may read;
+	// *NotAllowedError when the user was never joined to (or forgot) a room
+	// that is not world_readable; ErrRoomNotFound.
+	ReadableState(ctx context.Context, roomID, userID string) (ReadableState, error)
+	// StateEventAt returns one event of a state snapshot, or nil.
+	StateEventAt(ctx context.Context, snapshot int64, eventType, stateKey string) (gomatrixserverlib.PDU, error)
+	// EventAtTimestamp returns the event closest to ts (milliseconds) that
+	// the user may see: at or after ts when forward, else at or before it.
+	// ErrEventNotFound when there is none, ErrRoomNotFound.
+	EventAtTimestamp(ctx context.Context, roomID, userID string, ts int64, forward bool) (gomatrixserverlib.PDU, error)
+}
+
+// ---- Room membership: restricted joins and forgotten rooms
+// (roomserver/membership.go) ----
+
+// MembershipAPI is what the membership endpoints need besides SendEvent.
+type MembershipAPI interface {
+	// JoinAuthoriser returns the user to name in the content's
+	// join_authorised_via_users_server when userID joins a room whose join
+	// rule is restricted (or knock_restricted) in a room version that
+	// supports it: a joined local member with the power to invite. It
+	// returns "" when the join needs none (other join rules, or the user is
+	// invited or joined). *NotAllowedError when the user is joined to none
+	// of the rooms the join rules allow, or no local member can authorise
+	// the join; ErrRoomNotFound.
+	JoinAuthoriser(ctx context.Context, roomID, userID string) (string, error)
+	// ForgetRoom records that the user forgot a room they have left or
+	// been banned from, until their membership next changes (rejoining, a
+	// new invite or knock, or a later kick or ban). false when their
+	// membership is join, invite or knock, or they were never in the room;
+	// ErrRoomNotFound.
+	ForgetRoom(ctx context.Context, roomID, userID string) (bool, error)
+	// ForgottenRooms lists the rooms the user has forgotten.
+	ForgottenRooms(ctx context.Context, userID string) ([]string, error)
+	// RoomForgotten reports whether the user has forgotten the room;
+	// ErrRoomNotFound.
+	RoomForgotten(ctx context.Context, roomID, userID string) (bool, error)
 }

@@ -1,0 +1,88 @@
+package syncapi
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestTypingChanges(t *testing.T) {
+	state := &typingState{pos: 30, rooms: map[string]*roomTyping{
+		"!typing":  {pos: 10, users: map[string]time.Time{"@b:x": {}, "@a:x": {}}},
+		"!stopped": {pos: 20, users: map[string]time.Time{}},
+		"!foreign": {pos: 25, users: map[string]time.Time{"@c:x": {}}},
+	}}
+	joined := map[string]bool{"!typing": true, "!stopped": true, "!quiet": true}
+	for _, tc := range []struct {
+		name    string
+		since   int64
+		initial bool
+		want    map[string][]string
+	}{
+		{"initial sync: rooms where someone types", 0, true, map[string][]string{"!typing": {"@a:x", "@b:x"}}},
+		{"old token: every change, stops too", 5, false, map[string][]string{"!typing": {"@a:x", "@b:x"}, "!stopped": {}}},
+		{"between the changes", 10, false, map[string][]string{"!stopped": {}}},
+		{"up to date", 30, false, map[string][]string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, pos := state.changes(tc.since, tc.initial, joined)
+			if pos != 30 {
+				t.Errorf("position %d, want 30", pos)
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+			for room, users := range tc.want {
+				if !slices.Equal(got[room], users) {
+					t.Errorf("%s: got %v, want %v", room, got[room], users)
+				}
+			}
+		})
+	}
+}
+
+func TestTypingPositionsAndExpiry(t *testing.T) {
+	woken := make(chan string, 10)
+	state := newTypingState(func(roomID string) { woken <- roomID })
+	if now := time.Now().UnixMilli(); state.pos > now || state.pos < now-1000 {
+		t.Fatalf("position %d not seeded from the clock (%d)", state.pos, now)
+	}
+	positions := []int64{state.pos}
+	state.set("!r", "@a:x", true, 50*time.Millisecond)
+	if got := <-woken; got != "!r" {
+		t.Fatalf("woke %q", got)
+	}
+	positions = append(positions, state.rooms["!r"].pos)
+	// Typing again only extends the timeout: no new position, no wake.
+	state.set("!r", "@a:x", true, 50*time.Millisecond)
+	if state.rooms["!r"].pos != positions[1] {
+		t.Fatal("repeating typing moved the position")
+	}
+	select {
+	case <-woken:
+		// The expiry below may come this early only after 50ms.
+		if len(state.rooms["!r"].users) != 0 {
+			t.Fatal("repeating typing woke the room")
+		}
+	case <-time.After(10 * time.Millisecond):
+		if got := <-woken; got != "!r" {
+			t.Fatalf("woke %q", got)
+		}
+	}
+	state.mu.Lock()
+	users, pos := len(state.rooms["!r"].users), state.rooms["!r"].pos
+	state.mu.Unlock()
+	if users != 0 {
+		t.Fatal("typing did not expire")
+	}
+	positions = append(positions, pos)
+	state.set("!r", "@a:x", false, 0) // not typing: no change
+	select {
+	case got := <-woken:
+		t.Fatalf("stopping twice woke %q", got)
+	case <-time.After(20 * time.Millisecond):
+	}
+	if !slices.IsSorted(positions) || positions[0] == positions[1] || positions[1] == positions[2] {
+		t.Fatalf("positions not increasing: %v", positions)
+	}
+}
