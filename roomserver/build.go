@@ -184,7 +184,7 @@ func (r *Roomserver) sendLocal(ctx context.Context, t *txn, rm *room, ev api.New
 			return nil, err
 		}
 	}
-	res, err := r.inputEvent(ctx, t, rm, pdu, true)
+	res, err := r.inputEvent(ctx, t, rm, pdu, inputOpts{local: true})
 	if err != nil {
 		return nil, err
 	}

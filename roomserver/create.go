@@ -58,7 +58,7 @@ func (r *Roomserver) CreateRoom(ctx context.Context, req api.CreateRoomRequest) 
 		if err := t.QueryRowContext(ctx, sqlInsertRoom, roomID, string(req.Version), storage.NowMillis()).Scan(&rm.nid); err != nil {
 			return err
 		}
-		if _, err := r.inputEvent(ctx, t, rm, create, true); err != nil {
+		if _, err := r.inputEvent(ctx, t, rm, create, inputOpts{local: true}); err != nil {
 			return err
 		}
 		for _, s := range req.InitialState {

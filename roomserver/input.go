@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -15,6 +16,16 @@ import (
 	"github.com/plexus-chat/plexus/roomserver/stateres"
 	"github.com/plexus-chat/plexus/storage"
 )
+
+// inputOpts say where an event comes from.
+type inputOpts struct {
+	// local events were built here at the current state: no soft-fail check.
+	local bool
+	// stateBefore, when set, is the state before the event as another
+	// server told us (after a join, or a gap we could not fill), instead
+	// of the state after its prev events.
+	stateBefore *state.SnapshotNID
+}
 
 // inputResult is what storing one event did.
 type inputResult struct {
@@ -30,16 +41,35 @@ type inputResult struct {
 // rules at that state (rejecting it) and, unless local, at the room's
 // current state (soft-failing it), then moves the forward extremities and
 // the current state and appends the event to the output stream.
-func (r *Roomserver) inputEvent(ctx context.Context, t *txn, rm *room, pdu gomatrixserverlib.PDU, local bool) (*inputResult, error) {
+func (r *Roomserver) inputEvent(ctx context.Context, t *txn, rm *room, pdu gomatrixserverlib.PDU, opts inputOpts) (*inputResult, error) {
 	tx := t.Tx
-	before, depth, err := r.stateBeforeEvent(ctx, tx, rm, pdu)
-	if err != nil {
+	existing, err := r.eventByID(ctx, tx, pdu.EventID())
+	switch {
+	case err == nil && existing.status != statusOutlier:
+		// Seen before: storing it again changes nothing.
+		return &inputResult{nid: existing.nid, status: existing.status}, nil
+	case err == nil:
+		// An outlier (known only as state or auth) now joins the timeline:
+		// its row is replaced below.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM roomserver_events WHERE event_nid = $1`, existing.nid); err != nil {
+			return nil, err
+		}
+	case !errors.Is(err, api.ErrEventNotFound):
+		return nil, err
+	}
+	var before state.SnapshotNID
+	var depth int64
+	if opts.stateBefore != nil {
+		before, depth = *opts.stateBefore, pdu.Depth()
+	} else if before, depth, err = r.stateBeforeEvent(ctx, tx, rm, pdu); err != nil {
 		return nil, err
 	}
 	res := &inputResult{status: statusAccepted}
 	if err := r.checkAuth(ctx, tx, pdu, before); err != nil {
 		res.status, res.rejectErr = statusRejected, err
-	} else if !local && before != rm.snapshot {
+	} else if !opts.local && rm.snapshot != 0 && before != rm.snapshot {
+		// (A room with no current state yet is being joined: nothing to
+		// soft-fail against.)
 		// Soft failure: allowed at its own state but not at the room's
 		// current state, for example a message from a user banned since.
 		if err := r.checkAuth(ctx, tx, pdu, rm.snapshot); err != nil {
@@ -111,8 +141,14 @@ func (r *Roomserver) stateBeforeEvent(ctx context.Context, tx *sql.Tx, rm *room,
 	}
 	var snaps []state.SnapshotNID
 	var depth int64
+	var missing []string
 	for _, id := range prevIDs {
 		prev, err := r.eventByID(ctx, tx, id)
+		if errors.Is(err, api.ErrEventNotFound) || (err == nil && prev.status == statusOutlier) {
+			// Unknown, or known without its state: the caller must fetch it.
+			missing = append(missing, id)
+			continue
+		}
 		if err != nil {
 			return 0, 0, fmt.Errorf("prev event %s: %w", id, err)
 		}
@@ -123,6 +159,9 @@ func (r *Roomserver) stateBeforeEvent(ctx context.Context, tx *sql.Tx, rm *room,
 		if !slices.Contains(snaps, prev.after) {
 			snaps = append(snaps, prev.after)
 		}
+	}
+	if len(missing) > 0 {
+		return 0, 0, &api.MissingPrevEventsError{EventIDs: missing}
 	}
 	if len(snaps) == 1 {
 		return snaps[0], depth, nil
@@ -256,6 +295,9 @@ func (r *Roomserver) stateEventsFor(ctx context.Context, q storage.Querier, at s
 func (r *Roomserver) advance(ctx context.Context, tx *sql.Tx, rm *room, pdu gomatrixserverlib.PDU, res *inputResult, after state.SnapshotNID) error {
 	for _, prev := range pdu.PrevEventIDs() {
 		prevEv, err := r.eventByID(ctx, tx, prev)
+		if errors.Is(err, api.ErrEventNotFound) {
+			continue // an event joined at a given state may follow events we never saw
+		}
 		if err != nil {
 			return err
 		}

@@ -4,12 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
 	"net/http"
 
 	"github.com/gorilla/mux"
-
-	"github.com/plexus-chat/plexus/accounts"
 )
 
 // registerDeviceMessagingRoutes adds send-to-device and presence.
@@ -29,26 +26,6 @@ func (s *SyncAPI) syncDeviceMessaging(ctx context.Context, req *syncRequest, sin
 		return err
 	}
 	return s.syncPresence(ctx, req, since, next, resp)
-}
-
-// userDirectory is what send-to-device and presence need from the
-// accounts component beyond Accounts: a user's devices (to expand "*")
-// and whether a local user exists.
-type userDirectory interface {
-	Devices(ctx context.Context, localpart string) ([]accounts.Device, error)
-	Account(ctx context.Context, localpart string) (*accounts.Account, error)
-}
-
-var _ userDirectory = accounts.API(nil)
-
-// directory returns the accounts component as a userDirectory. The sync
-// API is always given an accounts.API, which has both methods.
-func (s *SyncAPI) directory() (userDirectory, error) {
-	d, ok := s.accounts.(userDirectory)
-	if !ok {
-		return nil, fmt.Errorf("syncapi: accounts component %T cannot list devices", s.accounts)
-	}
-	return d, nil
 }
 
 // Streams counted in syncapi_stream_counters.

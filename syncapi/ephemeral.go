@@ -17,7 +17,6 @@ import (
 
 // registerEphemeralRoutes adds typing, receipts and read markers.
 func (s *SyncAPI) registerEphemeralRoutes(root *mux.Router, prefix string, authed func(AuthedHandler) http.Handler) {
-	s.typing() // start the typing positions now rather than at the first request
 	root.Handle(prefix+"/rooms/{roomId}/typing/{userId}", authed(s.setTyping)).Methods(http.MethodPut)
 	s.registerReceiptRoutes(root, prefix, authed)
 }
@@ -70,7 +69,7 @@ func (s *SyncAPI) syncEphemeral(ctx context.Context, req *syncRequest, since Tok
 		if err != nil {
 			return err
 		}
-		typing, typingPos := s.typing().changes(since.Typing, initial, joined)
+		typing, typingPos := s.typing.changes(since.Typing, initial, joined)
 		next.Typing, next.Receipt = typingPos, receiptPos
 
 		for roomID := range joined {

@@ -300,11 +300,7 @@ func (s *SyncAPI) getPresence(w http.ResponseWriter, r *http.Request, sess *acco
 	me := s.userID(sess.Localpart)
 	userID := id.String()
 	if id.Server == s.serverName {
-		dir, err := s.directory()
-		if err != nil {
-			return err
-		}
-		acc, err := dir.Account(ctx, id.Localpart)
+		acc, err := s.accounts.Account(ctx, id.Localpart)
 		if errors.Is(err, accounts.ErrNotFound) {
 			return httputil.NotFound("No such user")
 		}

@@ -27,13 +27,6 @@ const (
 // spec caps IDs at 255 bytes).
 const maxIDLength = 255
 
-// AccountDataWriter is what read markers need from the accounts
-// component: they are the m.fully_read event of the user's room account
-// data.
-type AccountDataWriter interface {
-	PutAccountData(ctx context.Context, localpart, roomID, dataType string, content json.RawMessage) (int64, error)
-}
-
 const (
 	// The receipt stream's position: one row, bumped by every change, so
 	// that changes commit in position order.
@@ -243,15 +236,11 @@ func (s *SyncAPI) putReceipt(ctx context.Context, roomID, userID, receiptType, t
 // setFullyRead moves the user's fully read marker: the m.fully_read
 // event of their room account data.
 func (s *SyncAPI) setFullyRead(ctx context.Context, localpart, roomID, eventID string) error {
-	w, ok := s.accounts.(AccountDataWriter)
-	if !ok {
-		return errors.New("syncapi: the accounts component cannot store read markers")
-	}
 	content, err := json.Marshal(map[string]string{"event_id": eventID})
 	if err != nil {
 		return err
 	}
-	if _, err := w.PutAccountData(ctx, localpart, roomID, markerFullyRead, content); err != nil {
+	if _, err := s.accounts.PutAccountData(ctx, localpart, roomID, markerFullyRead, content); err != nil {
 		return err
 	}
 	s.notifier.wake(s.userID(localpart))

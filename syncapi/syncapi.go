@@ -7,15 +7,23 @@ package syncapi
 import (
 	"context"
 	"encoding/json"
+	"time"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/plexus-chat/plexus/accounts"
 	"github.com/plexus-chat/plexus/storage"
 )
 
-// Accounts is what the sync API needs from the accounts component.
+// Accounts is what the sync API needs from the accounts component: account
+// data (read for /sync, written for read markers), filters, and users'
+// devices (send-to-device to "*") and existence (presence).
 type Accounts interface {
 	AccountDataSince(ctx context.Context, localpart string, since int64) ([]accounts.AccountDataEntry, int64, error)
+	PutAccountData(ctx context.Context, localpart, roomID, dataType string, content json.RawMessage) (int64, error)
 	Filter(ctx context.Context, localpart, filterID string) (json.RawMessage, error)
+	Devices(ctx context.Context, localpart string) ([]accounts.Device, error)
+	Account(ctx context.Context, localpart string) (*accounts.Account, error)
 }
 
 // SyncAPI is the sync component.
@@ -26,6 +34,7 @@ type SyncAPI struct {
 	notifier   *notifier
 	consumer   *consumer
 	rs         Roomserver
+	typing     *typingState
 }
 
 // New opens the sync API's storage. Start must be called to consume events.
@@ -38,7 +47,9 @@ func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, 
 	if err != nil {
 		return nil, err
 	}
-	return &SyncAPI{db: db, serverName: serverName, accounts: accts, notifier: n, consumer: c, rs: rs}, nil
+	s := &SyncAPI{db: db, serverName: serverName, accounts: accts, notifier: n, consumer: c, rs: rs}
+	s.typing = newTypingState(s.wakeRoom)
+	return s, nil
 }
 
 // Start consumes the roomserver's output until ctx ends.
@@ -51,3 +62,17 @@ func (s *SyncAPI) Start(ctx context.Context) {
 func (s *SyncAPI) WakeUser(userID string) { s.notifier.wake(userID) }
 
 func (s *SyncAPI) userID(localpart string) string { return "@" + localpart + ":" + s.serverName }
+
+// wakeRoom wakes the syncs of a room's joined members.
+func (s *SyncAPI) wakeRoom(roomID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	users, err := s.consumer.joinedUsers(ctx, roomID)
+	if err != nil {
+		logrus.WithError(err).WithField("room_id", roomID).Warn("cannot wake room members")
+		return
+	}
+	for _, u := range users {
+		s.notifier.wake(u)
+	}
+}

@@ -154,10 +154,7 @@ func (s *SyncAPI) sendToDevice(w http.ResponseWriter, r *http.Request, sess *acc
 // that has no message of its own, and unknown users and devices are
 // dropped.
 func (s *SyncAPI) toDeviceRecipients(ctx context.Context, log *logrus.Entry, messages map[string]map[string]json.RawMessage) ([]toDeviceMessage, error) {
-	dir, err := s.directory()
-	if err != nil {
-		return nil, err
-	}
+	dir := s.accounts
 	users := make([]string, 0, len(messages))
 	for u := range messages {
 		users = append(users, u)

@@ -1,13 +1,10 @@
 package syncapi
 
 import (
-	"context"
 	"net/http"
 	"slices"
 	"sync"
 	"time"
-
-	"github.com/sirupsen/logrus"
 
 	"github.com/plexus-chat/plexus/accounts"
 	"github.com/plexus-chat/plexus/internal/httputil"
@@ -40,30 +37,6 @@ type roomTyping struct {
 
 func newTypingState(wake func(roomID string)) *typingState {
 	return &typingState{pos: time.Now().UnixMilli(), rooms: map[string]*roomTyping{}, wake: wake}
-}
-
-// typingStates holds each SyncAPI's typing state. SyncAPI has no field
-// for it, so it lives here, made on first use.
-var typingStates sync.Map // *SyncAPI → *typingState
-
-func (s *SyncAPI) typing() *typingState {
-	if t, ok := typingStates.Load(s); ok {
-		return t.(*typingState)
-	}
-	n, c := s.notifier, s.consumer
-	t, _ := typingStates.LoadOrStore(s, newTypingState(func(roomID string) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		users, err := c.joinedUsers(ctx, roomID)
-		if err != nil {
-			logrus.WithError(err).WithField("room_id", roomID).Warn("typing: cannot wake room members")
-			return
-		}
-		for _, u := range users {
-			n.wake(u)
-		}
-	}))
-	return t.(*typingState)
 }
 
 // nextPos hands out a new position; mu must be held.
@@ -195,7 +168,7 @@ func (s *SyncAPI) setTyping(w http.ResponseWriter, r *http.Request, sess *accoun
 	if err := s.requireJoined(r.Context(), roomID, self); err != nil {
 		return err
 	}
-	s.typing().set(roomID, self, *body.Typing, timeout)
+	s.typing.set(roomID, self, *body.Typing, timeout)
 	httputil.WriteJSON(w, http.StatusOK, struct{}{})
 	return nil
 }

@@ -305,3 +305,49 @@ type MembershipAPI interface {
 	// ErrRoomNotFound.
 	RoomForgotten(ctx context.Context, roomID, userID string) (bool, error)
 }
+
+// --- Events from other servers (federation) ---
+
+// MissingPrevEventsError says an event's prev events are unknown (or known
+// only without their state): the caller should fetch them
+// (/get_missing_events) or the state before the event (/state_ids).
+type MissingPrevEventsError struct{ EventIDs []string }
+
+func (e *MissingPrevEventsError) Error() string {
+	return fmt.Sprintf("missing prev events %v", e.EventIDs)
+}
+
+// InputStatus is what became of an event from another server.
+type InputStatus int
+
+const (
+	InputAccepted InputStatus = iota
+	// InputRejected events failed the auth rules at their own state.
+	InputRejected
+	// InputSoftFailed events passed at their own state but not at the
+	// room's current state; they are kept but not served.
+	InputSoftFailed
+)
+
+// InputResult reports one remote event's fate.
+type InputResult struct {
+	Status InputStatus
+	// Reason says why it was rejected or soft-failed.
+	Reason string
+}
+
+// RemoteInputter takes events that the federation API has already checked
+// for format, hashes and signatures.
+type RemoteInputter interface {
+	// InputRemoteEvent stores an event whose prev events are stored with
+	// their state; *MissingPrevEventsError otherwise.
+	InputRemoteEvent(ctx context.Context, pdu gomatrixserverlib.PDU) (InputResult, error)
+	// InputOutliers stores events known only as state or auth events of
+	// others (from a join or a state fetch), each checked against its own
+	// auth events; they are not part of the timeline. Order does not matter.
+	InputOutliers(ctx context.Context, pdus []gomatrixserverlib.PDU) error
+	// InputEventWithState stores an event with the state before it as given
+	// (events stored first with InputOutliers): the event of a join through
+	// another server, or an event after a gap that could not be filled.
+	InputEventWithState(ctx context.Context, pdu gomatrixserverlib.PDU, state []gomatrixserverlib.PDU) (InputResult, error)
+}
