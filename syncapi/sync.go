@@ -507,9 +507,23 @@ func (b *builder) timeline(ctx context.Context, roomID string, from, to int64) (
 		if ev.deviceID == b.req.deviceID && ev.pdu.SenderID() == spec.SenderID(b.req.userID) {
 			opts.TxnID = ev.txnID
 		}
-		events[i] = clientevent.Format(ev.pdu, opts)
+		events[i] = b.format(ev.pdu, opts)
 	}
 	return timeline{Events: events, Limited: limited, PrevBatch: Token{PDU: start}.String()}, start, nil
+}
+
+// format serves an event as the filter asks: client or federation
+// format, and only the event_fields it names.
+func (b *builder) format(pdu gomatrixserverlib.PDU, opts clientevent.Options) clientevent.Event {
+	ev := clientevent.Format(pdu, opts)
+	if b.req.filter.EventFormat == eventfilter.EventFormatFederation {
+		ev.Raw = json.RawMessage(pdu.JSON())
+		return ev
+	}
+	if len(b.req.filter.EventFields) > 0 {
+		ev = clientevent.Project(ev, b.req.filter.EventFields)
+	}
+	return ev
 }
 
 func (b *builder) timelineFilter() *eventfilter.RoomEventFilter {
@@ -755,7 +769,7 @@ func (b *builder) loadState(ctx context.Context, state map[stateKeyTuple]string,
 		if pdu == nil || (filter != nil && !matchesRoomEventFilter(filter, pdu)) {
 			continue
 		}
-		out = append(out, clientevent.Format(pdu, clientevent.Options{OmitRoomID: true}))
+		out = append(out, b.format(pdu, clientevent.Options{OmitRoomID: true}))
 	}
 	return out, nil
 }

@@ -222,3 +222,28 @@ func TestSyncAccountDataAndErrors(t *testing.T) {
 	s.ExpectError(400, "M_BAD_JSON", "GET", "/_matrix/client/v3/sync?filter="+url.QueryEscape(`{"room":{"timeline":{"limit":"x"}}}`), alice.AccessToken, nil)
 	s.ExpectError(401, "M_MISSING_TOKEN", "GET", "/_matrix/client/v3/sync", "", nil)
 }
+
+func TestSyncEventFieldsAndFormat(t *testing.T) {
+	s := testserver.New(t)
+	alice := s.Register("alice", "pw")
+	roomID := createRoom(t, s, alice.UserID)
+	msg := sendEvent(t, s, roomID, alice.UserID, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "x"})
+	rooms := "rooms.join." + gjson.Escape(roomID)
+	fields := url.QueryEscape(`{"event_fields":["type","content.body"]}`)
+	r := syncUntil(t, s, alice, "", "&filter="+fields, func(r gjson.Result) bool {
+		return r.Get(rooms + ".timeline.events.#(content.body==x)").Exists()
+	})
+	ev := r.Get(rooms + ".timeline.events.#(content.body==x)")
+	if ev.Get("event_id").Exists() || ev.Get("sender").Exists() || ev.Get("type").String() != "m.room.message" {
+		t.Fatalf("event_fields not applied: %s", ev.Raw)
+	}
+	fed := url.QueryEscape(`{"event_format":"federation"}`)
+	r = syncUntil(t, s, alice, "", "&filter="+fed, func(r gjson.Result) bool {
+		return r.Get(rooms + ".timeline.events.#(content.body==x)").Exists()
+	})
+	ev = r.Get(rooms + ".timeline.events.#(content.body==x)")
+	if !ev.Get("hashes").Exists() || !ev.Get("signatures").Exists() || !ev.Get("room_id").Exists() {
+		t.Fatalf("federation format lacks hashes/signatures: %s", ev.Raw)
+	}
+	_ = msg
+}

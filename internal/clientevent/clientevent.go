@@ -4,6 +4,7 @@ package clientevent
 
 import (
 	"encoding/json"
+	"strings"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -23,6 +24,59 @@ type Event struct {
 	Unsigned       json.RawMessage `json:"unsigned,omitempty"`
 	// Redacts is kept at the top level for clients of rooms before v11.
 	Redacts string `json:"redacts,omitempty"`
+	// Raw, when set, is served instead of the fields above: the event in
+	// federation format, or only the fields a filter asked for.
+	Raw json.RawMessage `json:"-"`
+}
+
+// MarshalJSON serves Raw when set.
+func (e Event) MarshalJSON() ([]byte, error) {
+	if e.Raw != nil {
+		return e.Raw, nil
+	}
+	type plain Event // without this method
+	return json.Marshal(plain(e))
+}
+
+// Project keeps only the given dot-separated fields of the event (a
+// filter's event_fields); a field containing a literal dot escapes it
+// with a backslash, as the spec says.
+func Project(e Event, fields []string) Event {
+	full, err := json.Marshal(e)
+	if err != nil || len(fields) == 0 {
+		return e
+	}
+	out := []byte("{}")
+	for _, f := range fields {
+		path := gjsonPath(f)
+		if v := gjson.GetBytes(full, path); v.Exists() {
+			out, _ = sjson.SetRawBytes(out, path, []byte(v.Raw))
+		}
+	}
+	e.Raw = out
+	return e
+}
+
+// gjsonPath turns a spec field path (dots separate, "\." is a literal
+// dot) into a gjson path, escaping gjson's other special characters.
+func gjsonPath(f string) string {
+	var b strings.Builder
+	for i := 0; i < len(f); i++ {
+		c := f[i]
+		switch {
+		case c == '\\' && i+1 < len(f) && f[i+1] == '.':
+			b.WriteString(`\.`)
+			i++
+		case c == '.':
+			b.WriteByte('.')
+		case strings.IndexByte("*?|#@!=<>%", c) >= 0:
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }
 
 // Options change what Format adds.

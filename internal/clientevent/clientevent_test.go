@@ -42,3 +42,15 @@ func TestFormat(t *testing.T) {
 		t.Error("OmitRoomID kept the room ID")
 	}
 }
+
+func TestProjectAndRaw(t *testing.T) {
+	ev := Event{Content: json.RawMessage(`{"body":"hi","m.relates_to":{"rel_type":"x"},"a.b":1}`), EventID: "$e", Sender: "@a:x", Type: "m.room.message"}
+	got, _ := json.Marshal(Project(ev, []string{"type", "content.body", `content.a\.b`, "content.missing"}))
+	if string(got) != `{"type":"m.room.message","content":{"body":"hi","a.b":1}}` {
+		t.Fatalf("projection: %s", got)
+	}
+	ev.Raw = json.RawMessage(`{"raw":true}`)
+	if got, _ := json.Marshal(ev); string(got) != `{"raw":true}` {
+		t.Fatalf("raw: %s", got)
+	}
+}
