@@ -317,6 +317,13 @@ func (b *builder) rooms(ctx context.Context, resp *syncResponse, roomData map[st
 					return err
 				}
 				newlyJoined = prev != spec.Join
+				if !newlyJoined {
+					// Left and came back within the window: the client
+					// dropped the room, so it needs the whole of it again.
+					if newlyJoined, err = b.leftDuring(ctx, m.roomID); err != nil {
+						return err
+					}
+				}
 			}
 			jr, err := b.joinedRoom(ctx, m.roomID, b.initial || b.req.fullState || newlyJoined, roomData[m.roomID])
 			if err != nil {
@@ -360,6 +367,19 @@ func (b *builder) rooms(ctx context.Context, resp *syncResponse, roomData map[st
 		}
 	}
 	return nil
+}
+
+// leftDuring reports whether the user's membership was something other
+// than join at some point in the sync window.
+func (b *builder) leftDuring(ctx context.Context, roomID string) (bool, error) {
+	var one int
+	err := b.tx.QueryRowContext(ctx, `SELECT 1 FROM syncapi_events WHERE room_id = $1 AND type = 'm.room.member'
+		AND state_key = $2 AND pos > $3 AND pos <= $4 AND membership <> 'join' LIMIT 1`,
+		roomID, b.req.userID, b.since, b.now).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // membershipAt is the user's membership of a room as of a position.

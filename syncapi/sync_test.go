@@ -247,3 +247,23 @@ func TestSyncEventFieldsAndFormat(t *testing.T) {
 	}
 	_ = msg
 }
+
+func TestLeaveAndRejoinInOneWindowGivesFullState(t *testing.T) {
+	s := testserver.New(t)
+	alice := s.Register("alice", "pw")
+	bob := s.Register("bob", "pw")
+	roomID := createRoom(t, s, alice.UserID)
+	rooms := "rooms.join." + gjson.Escape(roomID)
+	setMembership(t, s, roomID, bob.UserID, bob.UserID, "join")
+	r := syncUntil(t, s, bob, "", "", func(r gjson.Result) bool { return r.Get(rooms).Exists() })
+	next := r.Get("next_batch").String()
+	setMembership(t, s, roomID, bob.UserID, bob.UserID, "leave")
+	rejoin := setMembership(t, s, roomID, bob.UserID, bob.UserID, "join")
+	r = syncUntil(t, s, bob, next, "", func(r gjson.Result) bool {
+		return r.Get(rooms + ".timeline.events.#(event_id==" + rejoin + ")").Exists()
+	})
+	hasCreate := r.Get(rooms+".state.events.#(type==m.room.create)").Exists() || r.Get(rooms+".timeline.events.#(type==m.room.create)").Exists()
+	if !hasCreate {
+		t.Fatalf("rejoined room lacks its full state: %s", r.Get(rooms).Raw)
+	}
+}
