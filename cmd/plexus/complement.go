@@ -58,6 +58,8 @@ func complementStart(args []string, stdout, stderr io.Writer) error {
 		"PLEXUS_RATE_LIMIT":                 "off",
 		"PLEXUS_BCRYPT_COST":                "4",
 		"PLEXUS_LOG_LEVEL":                  "info",
+		// No internet: fetch keys from each origin, never from matrix.org.
+		"PLEXUS_TRUSTED_KEY_SERVERS": "",
 	}
 	for k, v := range defaults {
 		if _, set := os.LookupEnv(k); !set {

@@ -4,6 +4,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -41,7 +43,9 @@ type Config struct {
 type Listen struct {
 	// HTTP serves the client and federation APIs in plain HTTP.
 	HTTP string `yaml:"http"`
-	// TLS, when set, serves the same APIs over TLS with TLSCert and TLSKey.
+	// TLS, when set, serves the same APIs over TLS with TLSCert and TLSKey,
+	// or, when both are empty, with a self-signed certificate for the
+	// server name made in the data folder (see TLSCertificate).
 	TLS     string `yaml:"tls"`
 	TLSCert string `yaml:"tls_cert"`
 	TLSKey  string `yaml:"tls_key"`
@@ -85,6 +89,24 @@ type Federation struct {
 	CAFile string `yaml:"ca_file"`
 	// InsecureSkipVerify accepts any certificate from peers. Tests only.
 	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+	// KeyValidity is how long other servers may use our published signing
+	// keys before fetching them again (valid_until_ts = now + KeyValidity).
+	KeyValidity Duration `yaml:"key_validity"`
+	// OldSigningKeys are keys this server signed with before, published as
+	// old_verify_keys so that events they signed still verify.
+	OldSigningKeys []OldSigningKey `yaml:"old_signing_keys"`
+}
+
+// OldSigningKey is a retired signing key: its public half and when it
+// stopped being used.
+type OldSigningKey struct {
+	// KeyID is "ed25519:<version>".
+	KeyID string `yaml:"key_id"`
+	// PublicKey is the unpadded base64 ed25519 public key.
+	PublicKey string `yaml:"public_key"`
+	// ExpiredTS is when the key stopped being used, in milliseconds since
+	// the Unix epoch.
+	ExpiredTS int64 `yaml:"expired_ts"`
 }
 
 // Auth configures tokens.
@@ -135,8 +157,11 @@ func Default(serverName string) Config {
 		},
 		Log:                Log{Level: "info", Format: "text"},
 		MaxRequestBodySize: 10 << 20,
-		Federation:         Federation{TrustedKeyServers: []string{"matrix.org"}},
-		Auth:               Auth{AccessTokenLifetime: Duration(5 * time.Minute)},
+		Federation: Federation{
+			TrustedKeyServers: []string{"matrix.org"},
+			KeyValidity:       Duration(7 * 24 * time.Hour),
+		},
+		Auth: Auth{AccessTokenLifetime: Duration(5 * time.Minute)},
 	}
 }
 
@@ -189,6 +214,7 @@ var EnvVars = []struct{ Name, Field string }{
 	{"PLEXUS_LOG_LEVEL", "log.level"},
 	{"PLEXUS_FEDERATION_CA", "federation.ca_file"},
 	{"PLEXUS_FEDERATION_INSECURE", "federation.insecure_skip_verify (true/false)"},
+	{"PLEXUS_TRUSTED_KEY_SERVERS", "federation.trusted_key_servers (comma-separated; empty for none)"},
 	{"PLEXUS_BCRYPT_COST", "registration.bcrypt_cost"},
 }
 
@@ -224,6 +250,14 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 	str("PLEXUS_REGISTRATION_SHARED_SECRET", &c.Registration.SharedSecret)
 	str("PLEXUS_LOG_LEVEL", &c.Log.Level)
 	str("PLEXUS_FEDERATION_CA", &c.Federation.CAFile)
+	if v, ok := lookup("PLEXUS_TRUSTED_KEY_SERVERS"); ok {
+		c.Federation.TrustedKeyServers = nil
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				c.Federation.TrustedKeyServers = append(c.Federation.TrustedKeyServers, name)
+			}
+		}
+	}
 	for name, dst := range map[string]*bool{
 		"PLEXUS_REGISTRATION_OPEN":   &c.Registration.Open,
 		"PLEXUS_RATE_LIMIT":          &c.RateLimit.Enabled,
@@ -259,8 +293,8 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s: %q is not host:port", field, addr)
 		}
 	}
-	if c.Listen.TLS != "" && (c.Listen.TLSCert == "" || c.Listen.TLSKey == "") {
-		return errors.New("listen.tls_cert and listen.tls_key: both are needed when listen.tls is set")
+	if (c.Listen.TLSCert == "") != (c.Listen.TLSKey == "") {
+		return errors.New("listen.tls_cert and listen.tls_key: set both, or neither for a self-signed certificate")
 	}
 	if c.Database == "" {
 		return errors.New("database: set an SQLite file path or a postgres:// URL")
@@ -295,7 +329,52 @@ func (c *Config) Validate() error {
 	if c.Auth.AccessTokenLifetime < Duration(time.Second) {
 		return errors.New("auth.access_token_lifetime: must be at least 1s")
 	}
+	return c.validateFederation()
+}
+
+func (c *Config) validateFederation() error {
+	for _, name := range c.Federation.TrustedKeyServers {
+		if err := ValidateServerName(name); err != nil {
+			return fmt.Errorf("federation.trusted_key_servers: %w", err)
+		}
+		if name == c.ServerName {
+			return fmt.Errorf("federation.trusted_key_servers: %q is this server", name)
+		}
+	}
+	if c.Federation.KeyValidity < Duration(time.Hour) {
+		return fmt.Errorf("federation.key_validity: %s is too short (minimum 1h)", c.Federation.KeyValidity)
+	}
+	seen := map[string]bool{}
+	for i, k := range c.Federation.OldSigningKeys {
+		field := fmt.Sprintf("federation.old_signing_keys[%d]", i)
+		version, ok := strings.CutPrefix(k.KeyID, "ed25519:")
+		if !ok || version == "" || strings.IndexFunc(version, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_')
+		}) >= 0 {
+			return fmt.Errorf("%s.key_id: %q is not ed25519:<letters, digits, _>", field, k.KeyID)
+		}
+		if seen[k.KeyID] {
+			return fmt.Errorf("%s.key_id: %q is listed twice", field, k.KeyID)
+		}
+		seen[k.KeyID] = true
+		if _, err := DecodePublicKey(k.PublicKey); err != nil {
+			return fmt.Errorf("%s.public_key: %w", field, err)
+		}
+		if k.ExpiredTS <= 0 {
+			return fmt.Errorf("%s.expired_ts: set when the key stopped being used, in ms since the epoch", field)
+		}
+	}
 	return nil
+}
+
+// DecodePublicKey decodes an ed25519 public key written in unpadded (or
+// padded) base64.
+func DecodePublicKey(s string) (ed25519.PublicKey, error) {
+	raw, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(s, "="))
+	if err != nil || len(raw) != ed25519.PublicKeySize {
+		return nil, errors.New("not a 32-byte ed25519 key in base64")
+	}
+	return ed25519.PublicKey(raw), nil
 }
 
 // ValidateServerName checks the server name grammar: a hostname, IPv4

@@ -10,6 +10,7 @@ func TestGeneratedConfigRoundTrips(t *testing.T) {
 	want := Default("example.org")
 	want.Registration.SharedSecret = `se"cret`
 	want.Federation.TrustedKeyServers = []string{"matrix.org", "example.com"}
+	want.Federation.OldSigningKeys = []OldSigningKey{{KeyID: "ed25519:old", PublicKey: testPub, ExpiredTS: 1700000000000}}
 	raw, err := Generate(want)
 	if err != nil {
 		t.Fatal(err)
@@ -20,7 +21,9 @@ func TestGeneratedConfigRoundTrips(t *testing.T) {
 	}
 	if got.ServerName != want.ServerName || got.Registration != want.Registration ||
 		got.RateLimit != want.RateLimit || got.Auth != want.Auth || got.Listen != want.Listen ||
-		strings.Join(got.Federation.TrustedKeyServers, ",") != "matrix.org,example.com" {
+		strings.Join(got.Federation.TrustedKeyServers, ",") != "matrix.org,example.com" ||
+		got.Federation.KeyValidity != want.Federation.KeyValidity ||
+		len(got.Federation.OldSigningKeys) != 1 || got.Federation.OldSigningKeys[0] != want.Federation.OldSigningKeys[0] {
 		t.Fatalf("round trip changed the config:\n got %+v\nwant %+v", *got, want)
 	}
 	for _, v := range EnvVars {
@@ -32,6 +35,9 @@ func TestGeneratedConfigRoundTrips(t *testing.T) {
 		t.Error("open registration should default on only for localhost")
 	}
 }
+
+// testPub is an ed25519 public key in unpadded base64.
+const testPub = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"
 
 func TestParseRejectsUnknownFieldsAndBadValues(t *testing.T) {
 	cases := []struct{ yaml, wantErr string }{
@@ -58,7 +64,22 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		{func(c *Config) { c.ServerName = "example.org:99999" }, "server_name"},
 		{func(c *Config) { c.Listen.HTTP = "nope" }, "listen.http"},
 		{func(c *Config) { c.Listen.HTTP = ""; c.Listen.TLS = "" }, "listen"},
-		{func(c *Config) { c.Listen.TLS = ":8448" }, "tls_cert"},
+		{func(c *Config) { c.Listen.TLS = ":8448"; c.Listen.TLSCert = "tls.crt" }, "tls_key"},
+		{func(c *Config) { c.Federation.TrustedKeyServers = []string{"bad name"} }, "trusted_key_servers"},
+		{func(c *Config) { c.Federation.TrustedKeyServers = []string{"example.org"} }, "trusted_key_servers"},
+		{func(c *Config) { c.Federation.KeyValidity = Duration(time.Minute) }, "key_validity"},
+		{func(c *Config) {
+			c.Federation.OldSigningKeys = []OldSigningKey{{KeyID: "rsa:1", PublicKey: testPub, ExpiredTS: 1}}
+		}, "key_id"},
+		{func(c *Config) {
+			c.Federation.OldSigningKeys = []OldSigningKey{{KeyID: "ed25519:a", PublicKey: testPub, ExpiredTS: 1}, {KeyID: "ed25519:a", PublicKey: testPub, ExpiredTS: 1}}
+		}, "twice"},
+		{func(c *Config) {
+			c.Federation.OldSigningKeys = []OldSigningKey{{KeyID: "ed25519:a", PublicKey: "c2hvcnQ", ExpiredTS: 1}}
+		}, "public_key"},
+		{func(c *Config) {
+			c.Federation.OldSigningKeys = []OldSigningKey{{KeyID: "ed25519:a", PublicKey: testPub}}
+		}, "expired_ts"},
 		{func(c *Config) { c.Database = "" }, "database"},
 		{func(c *Config) { c.Registration.BcryptCost = 2 }, "bcrypt_cost"},
 		{func(c *Config) { c.RateLimit.Burst = 0 }, "rate_limit"},
@@ -76,6 +97,8 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		}
 	}
 	ok := Default("example.org")
+	ok.Listen.TLS = ":8448" // without a certificate: a self-signed one
+	ok.Federation.OldSigningKeys = []OldSigningKey{{KeyID: "ed25519:old_1", PublicKey: testPub, ExpiredTS: 1}}
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("defaults do not validate: %v", err)
 	}
@@ -109,6 +132,9 @@ func TestEnvOverrides(t *testing.T) {
 		"PLEXUS_RATE_LIMIT":                 "off",
 		"PLEXUS_LOG_LEVEL":                  "debug",
 		"PLEXUS_FEDERATION_INSECURE":        "true",
+		"PLEXUS_FEDERATION_CA":              "/ca.crt",
+		"PLEXUS_TRUSTED_KEY_SERVERS":        " a.example , b.example:8448,",
+		"PLEXUS_TLS_LISTEN":                 ":8448",
 		"PLEXUS_BCRYPT_COST":                "4",
 	}
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
@@ -119,6 +145,14 @@ func TestEnvOverrides(t *testing.T) {
 		cfg.Registration.Open || cfg.Registration.SharedSecret != "s3" || cfg.RateLimit.Enabled ||
 		cfg.Log.Level != "debug" || !cfg.Federation.InsecureSkipVerify || cfg.Registration.BcryptCost != 4 {
 		t.Fatalf("overrides not applied: %+v", cfg)
+	}
+	if cfg.Federation.CAFile != "/ca.crt" || cfg.Listen.TLS != ":8448" ||
+		strings.Join(cfg.Federation.TrustedKeyServers, ",") != "a.example,b.example:8448" {
+		t.Fatalf("federation overrides not applied: %+v", cfg.Federation)
+	}
+	env = map[string]string{"PLEXUS_TRUSTED_KEY_SERVERS": ""}
+	if err := cfg.ApplyEnv(lookup); err != nil || len(cfg.Federation.TrustedKeyServers) != 0 {
+		t.Fatalf("empty PLEXUS_TRUSTED_KEY_SERVERS: %v %v", err, cfg.Federation.TrustedKeyServers)
 	}
 	env = map[string]string{"PLEXUS_RATE_LIMIT": "maybe"}
 	if err := cfg.ApplyEnv(lookup); err == nil || !strings.Contains(err.Error(), "PLEXUS_RATE_LIMIT") {

@@ -36,9 +36,11 @@ public_baseurl: {{q .PublicBaseURL}}
 listen:
   # Address for the client and federation APIs over plain HTTP (put a TLS proxy in front).
   http: {{q .Listen.HTTP}}
-  # Optional address serving the same APIs over TLS, with the certificate and key below.
+  # Optional address serving the same APIs over TLS (federation uses port 8448), with the certificate and key below.
   tls: {{q .Listen.TLS}}
-  # PEM certificate chain for the TLS listener.
+  # PEM certificate chain for the TLS listener. With tls_cert and tls_key both empty, a
+  # self-signed certificate for server_name is made in the data folder (tls-selfsigned.crt)
+  # and reused; other servers accept it only if they skip verification.
   tls_cert: {{q .Listen.TLSCert}}
   # PEM private key for the TLS listener.
   tls_key: {{q .Listen.TLSKey}}
@@ -87,13 +89,24 @@ well_known:
   server: {{q .WellKnown.Server}}
 
 federation:
-  # Notary servers asked for other servers' signing keys.
+  # Notary servers asked for other servers' signing keys when the servers cannot be reached
+  # directly. Their own keys are fetched from them directly over verified TLS.
   trusted_key_servers:{{range .Federation.TrustedKeyServers}}
     - {{q .}}{{else}} []{{end}}
   # Extra PEM certificate authorities trusted for outbound TLS.
   ca_file: {{q .Federation.CAFile}}
   # Accept any TLS certificate from other servers. For test deployments only.
   insecure_skip_verify: {{.Federation.InsecureSkipVerify}}
+  # How long other servers may use our published signing keys before asking again (at least 1h).
+  key_validity: {{q .Federation.KeyValidity.String}}
+  # Keys this server used to sign with, still published so that old events verify:
+  #   - key_id: "ed25519:old"
+  #     public_key: "<unpadded base64 public key>"
+  #     expired_ts: 1700000000000   # when it stopped being used, ms since the epoch
+  old_signing_keys:{{range .Federation.OldSigningKeys}}
+    - key_id: {{q .KeyID}}
+      public_key: {{q .PublicKey}}
+      expired_ts: {{.ExpiredTS}}{{else}} []{{end}}
 
 auth:
   # Lifetime of access tokens issued together with a refresh token.

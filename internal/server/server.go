@@ -18,6 +18,7 @@ import (
 
 	"github.com/plexus-chat/plexus/accounts"
 	"github.com/plexus-chat/plexus/clientapi"
+	"github.com/plexus-chat/plexus/federationapi"
 	"github.com/plexus-chat/plexus/internal/config"
 	"github.com/plexus-chat/plexus/internal/httputil"
 	"github.com/plexus-chat/plexus/internal/signingkey"
@@ -34,7 +35,13 @@ type Server struct {
 	Accounts   *accounts.Accounts
 	Roomserver *roomserver.Roomserver
 	Sync       *syncapi.SyncAPI
+	Federation *federationapi.FederationAPI
 	Handler    http.Handler
+
+	// TLSListener, when set before Listen, is used for listen.tls instead
+	// of opening that address: tests whose server name must hold the TLS
+	// port open the port first.
+	TLSListener net.Listener
 
 	// stop ends the background work (stream consumers).
 	stop context.CancelFunc
@@ -73,9 +80,14 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
+	fed, err := federationapi.New(ctx, cfg, db, key)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
 	bg, stop := context.WithCancel(context.Background())
 	sync.Start(bg)
-	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs, Sync: sync, stop: stop}
+	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs, Sync: sync, Federation: fed, stop: stop}
 	client := clientapi.New(cfg, accts, rs, sync)
 	s.Handler = s.routes(client)
 	return s, nil
@@ -85,6 +97,7 @@ func (s *Server) routes(client *clientapi.API) http.Handler {
 	root := httputil.NewRouter()
 	client.Register(root)
 	s.Sync.Register(root, client.Authed)
+	s.Federation.Register(root)
 	root.Handle("/metrics", promhttp.Handler()).Methods(http.MethodGet)
 	root.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -114,15 +127,21 @@ func (s *Server) Listen() error {
 		s.add(ln)
 	}
 	if cfg.Listen.TLS != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.Path(cfg.Listen.TLSCert), cfg.Path(cfg.Listen.TLSKey))
+		cert, created, err := cfg.TLSCertificate()
 		if err != nil {
 			s.closeListeners()
-			return fmt.Errorf("listen.tls_cert/tls_key: %w", err)
+			return err
 		}
-		ln, err := net.Listen("tcp", cfg.Listen.TLS)
-		if err != nil {
-			s.closeListeners()
-			return fmt.Errorf("listen.tls %s: %w", cfg.Listen.TLS, err)
+		if created {
+			logrus.WithField("path", cfg.Path(config.SelfSignedCertFile)).Warn(
+				"made a self-signed TLS certificate; other servers accept it only if they skip verification")
+		}
+		ln := s.TLSListener
+		if ln == nil {
+			if ln, err = net.Listen("tcp", cfg.Listen.TLS); err != nil {
+				s.closeListeners()
+				return fmt.Errorf("listen.tls %s: %w", cfg.Listen.TLS, err)
+			}
 		}
 		s.TLSAddr = ln.Addr().String()
 		s.add(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
@@ -173,6 +192,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.stop()
+	s.Federation.Close()
 	if err := s.DB.Close(); err != nil && first == nil {
 		first = err
 	}

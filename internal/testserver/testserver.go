@@ -1,6 +1,19 @@
 // Package testserver starts a whole Plexus in-process on a loopback port,
 // with a temporary data folder, and offers a small Matrix client to drive
 // it over HTTP as real clients do.
+//
+// Federation tests start servers that federate over TLS on loopback:
+//
+//	servers := testserver.NewFederated(t, 2)
+//	a, b := servers[0], servers[1]
+//
+// Each is named "127.0.0.1:<its TLS port>" (the port is opened before the
+// config is made, see NewTLS), serves a certificate signed by a CA made
+// for the test, and trusts that CA for outbound federation, so a and b
+// reach each other by server name with TLS verification on. NewCA and
+// NewTLS build the same by hand, for example to add a server whose
+// certificate the others do not trust. No test server asks a notary
+// (trusted_key_servers is empty).
 package testserver
 
 import (
@@ -9,6 +22,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -27,6 +41,8 @@ type Server struct {
 	URL    string
 	Config *config.Config
 	Server *server.Server
+	// TLSURL is https://<address> of the TLS listener, when there is one.
+	TLSURL string
 	t      testing.TB
 }
 
@@ -51,15 +67,28 @@ func ForEachDatabase(t *testing.T, fn func(t *testing.T, s *Server), opts ...Opt
 // NewWithDatabase is New on the given database connection string.
 func NewWithDatabase(t testing.TB, database string, opts ...Option) *Server {
 	t.Helper()
-	dir := t.TempDir()
+	return start(t, baseConfig(t, database), nil, opts...)
+}
+
+// baseConfig is the test configuration before options: no notaries, so a
+// test never reaches out to the internet for keys.
+func baseConfig(t testing.TB, database string) config.Config {
 	cfg := config.Default("localhost")
-	cfg.DataDir = dir
+	cfg.DataDir = t.TempDir()
 	cfg.Database = database
 	cfg.Listen.HTTP = "127.0.0.1:0"
 	cfg.Registration.Open = true
 	cfg.Registration.BcryptCost = 4
 	cfg.RateLimit.Enabled = false
 	cfg.Log.Level = "warn"
+	cfg.Federation.TrustedKeyServers = nil
+	return cfg
+}
+
+// start applies opts to cfg and runs a server until the test ends; tlsLn,
+// when not nil, is its already open TLS port.
+func start(t testing.TB, cfg config.Config, tlsLn net.Listener, opts ...Option) *Server {
+	t.Helper()
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -70,6 +99,7 @@ func NewWithDatabase(t testing.TB, database string, opts ...Option) *Server {
 	if err != nil {
 		t.Fatalf("start server: %v", err)
 	}
+	srv.TLSListener = tlsLn
 	if err := srv.Listen(); err != nil {
 		t.Fatalf("listen: %v", err)
 	}
@@ -85,7 +115,11 @@ func NewWithDatabase(t testing.TB, database string, opts ...Option) *Server {
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return &Server{URL: "http://" + srv.HTTPAddr, Config: &cfg, Server: srv, t: t}
+	s := &Server{URL: "http://" + srv.HTTPAddr, Config: &cfg, Server: srv, t: t}
+	if srv.TLSAddr != "" {
+		s.TLSURL = "https://" + srv.TLSAddr
+	}
+	return s
 }
 
 // Response is a finished HTTP exchange.
