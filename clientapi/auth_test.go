@@ -60,7 +60,7 @@ func TestRegisterLoginWhoamiLogout(t *testing.T) {
 }
 
 func TestRegistrationErrors(t *testing.T) {
-	s := testserver.New(t)
+	s := testserver.New(t, func(c *config.Config) { c.Registration.GuestAccess = false })
 	s.Register("bob", "pw")
 	dummy := map[string]string{"type": "m.login.dummy"}
 	s.ExpectError(400, "M_USER_IN_USE", "POST", "/_matrix/client/v3/register", "", map[string]any{"username": "BOB", "password": "x", "auth": dummy})

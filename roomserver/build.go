@@ -1,6 +1,7 @@
 package roomserver
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -86,7 +87,11 @@ func (r *Roomserver) buildEvent(ctx context.Context, tx *sql.Tx, rm *room, ev ap
 }
 
 func (r *Roomserver) sign(verImpl gomatrixserverlib.IRoomVersion, proto *gomatrixserverlib.ProtoEvent) (gomatrixserverlib.PDU, error) {
-	pdu, err := verImpl.NewEventBuilderFromProtoEvent(proto).Build(time.Now(), r.serverName, r.keyID, r.privateKey)
+	return r.signAt(verImpl, proto, time.Now())
+}
+
+func (r *Roomserver) signAt(verImpl gomatrixserverlib.IRoomVersion, proto *gomatrixserverlib.ProtoEvent, ts time.Time) (gomatrixserverlib.PDU, error) {
+	pdu, err := verImpl.NewEventBuilderFromProtoEvent(proto).Build(ts, r.serverName, r.keyID, r.privateKey)
 	var verr gomatrixserverlib.EventValidationError
 	if errors.As(err, &verr) && verr.Code == gomatrixserverlib.EventValidationTooLarge {
 		return nil, &api.TooLargeError{Reason: verr.Message}
@@ -172,6 +177,9 @@ func (r *Roomserver) SendEvent(ctx context.Context, ev api.NewEvent) (gomatrixse
 // sendLocal builds, checks and stores one local event. A local event the
 // auth rules refuse is not stored: the user gets the reason instead.
 func (r *Roomserver) sendLocal(ctx context.Context, t *txn, rm *room, ev api.NewEvent) (gomatrixserverlib.PDU, error) {
+	if same, err := r.unchangedState(ctx, t, rm, ev); err != nil || same != nil {
+		return same, err
+	}
 	pdu, err := r.buildEvent(ctx, t.Tx, rm, ev)
 	if err != nil {
 		return nil, err
@@ -194,6 +202,29 @@ func (r *Roomserver) sendLocal(ctx context.Context, t *txn, rm *room, ev api.New
 		}
 	}
 	return pdu, nil
+}
+
+// unchangedState returns the current state event when ev would replace it
+// with the same content from the same sender: setting state twice is
+// idempotent rather than a new event.
+func (r *Roomserver) unchangedState(ctx context.Context, t *txn, rm *room, ev api.NewEvent) (gomatrixserverlib.PDU, error) {
+	if ev.StateKey == nil || rm.snapshot == 0 {
+		return nil, nil
+	}
+	cur, err := r.stateEventsFor(ctx, t.Tx, rm.snapshot, []gomatrixserverlib.StateKeyTuple{{EventType: ev.Type, StateKey: *ev.StateKey}})
+	if err != nil || len(cur) == 0 || string(cur[0].SenderID()) != ev.Sender {
+		return nil, err
+	}
+	content := ev.Content
+	if len(content) == 0 {
+		content = json.RawMessage("{}")
+	}
+	a, err1 := gomatrixserverlib.CanonicalJSON(content)
+	b, err2 := gomatrixserverlib.CanonicalJSON(cur[0].Content())
+	if err1 != nil || err2 != nil || !bytes.Equal(a, b) {
+		return nil, nil
+	}
+	return cur[0], nil
 }
 
 // txn is a transaction that remembers the stream positions it allocated,

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -42,7 +43,10 @@ func (r *Roomserver) CreateRoom(ctx context.Context, req api.CreateRoomRequest) 
 	if !verImpl.DomainlessRoomIDs() {
 		proto.RoomID = "!" + randomID() + ":" + string(r.serverName)
 	}
-	create, err := r.sign(verImpl, &proto)
+	// In room version 12 the room ID is the create event's hash: two
+	// rooms created by one user in the same millisecond would be the same
+	// room, so create events get strictly increasing timestamps.
+	create, err := r.signAt(verImpl, &proto, r.nextCreateTime())
 	if err != nil {
 		return "", err
 	}
@@ -90,4 +94,17 @@ func randomID() string {
 	b := make([]byte, 12)
 	_, _ = rand.Read(b)
 	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// nextCreateTime is now, or a millisecond after the last create event if
+// that is not later.
+func (r *Roomserver) nextCreateTime() time.Time {
+	r.createMu.Lock()
+	defer r.createMu.Unlock()
+	now := time.Now().UnixMilli()
+	if now <= r.lastCreateMS {
+		now = r.lastCreateMS + 1
+	}
+	r.lastCreateMS = now
+	return time.UnixMilli(now)
 }

@@ -33,6 +33,10 @@ type Roomserver struct {
 	roomLocks sync.Map // room ID -> *sync.Mutex
 
 	stream *outputStream
+
+	// createMu guards lastCreateMS, the timestamp of the last create event.
+	createMu     sync.Mutex
+	lastCreateMS int64
 }
 
 var _ api.RoomserverAPI = (*Roomserver)(nil)

@@ -303,3 +303,58 @@ func TestAliases(t *testing.T) {
 		}
 	})
 }
+
+func TestParallelV12RoomsGetDistinctIDs(t *testing.T) {
+	db, err := storage.Open(t.TempDir() + "/x.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rs := newRoomserver(t, db)
+	ids := make(chan string, 8)
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		go func() {
+			id, err := rs.CreateRoom(context.Background(), publicRoom("12", alice))
+			ids <- id
+			errs <- err
+		}()
+	}
+	seen := map[string]bool{}
+	for i := 0; i < 8; i++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("parallel create: %v", err)
+		}
+		id := <-ids
+		if seen[id] {
+			t.Fatalf("two rooms got the ID %s", id)
+		}
+		seen[id] = true
+	}
+}
+
+func TestSettingTheSameStateTwiceIsIdempotent(t *testing.T) {
+	db, err := storage.Open(t.TempDir() + "/x.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rs := newRoomserver(t, db)
+	roomID, err := rs.CreateRoom(context.Background(), publicRoom("12", alice))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := ""
+	first, err := send(t, rs, roomID, alice, "m.room.topic", &key, map[string]string{"topic": "same"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := send(t, rs, roomID, alice, "m.room.topic", &key, map[string]string{"topic": "same"})
+	if err != nil || again.EventID() != first.EventID() {
+		t.Fatalf("second identical topic: %v %v", again, err)
+	}
+	changed, _ := send(t, rs, roomID, alice, "m.room.topic", &key, map[string]string{"topic": "new"})
+	if changed.EventID() == first.EventID() {
+		t.Fatal("a different topic returned the old event")
+	}
+}

@@ -123,7 +123,9 @@ func (s *SyncAPI) messages(w http.ResponseWriter, r *http.Request, sess *account
 		"start": Token{PDU: from}.String(),
 		"chunk": clientevent.FormatAll(chunk, clientevent.Options{}),
 	}
-	if !exhausted && limit > 0 {
+	// Backwards, no end means the start of the room was reached. Forwards
+	// there is always an end: newer events may still come.
+	if (!exhausted && limit > 0) || !backwards {
 		resp["end"] = Token{PDU: cursor}.String()
 	}
 	if filter != nil && filter.LazyLoadMembers {

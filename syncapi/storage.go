@@ -105,6 +105,18 @@ CREATE INDEX syncapi_receipts_user ON syncapi_receipts (user_id);
 -- the receipt stream's position, one row
 CREATE TABLE syncapi_receipt_stream (pos BIGINT NOT NULL);
 INSERT INTO syncapi_receipt_stream (pos) VALUES (0);`,
+}, {
+	// Lazy-loaded members (lazyload.go): whose member events each device
+	// has been sent in each room, so they are not sent again.
+	Version: 4,
+	SQL: `
+CREATE TABLE syncapi_lazy_members (
+	user_id TEXT NOT NULL,
+	device_id TEXT NOT NULL,
+	room_id TEXT NOT NULL,
+	member TEXT NOT NULL,
+	PRIMARY KEY (user_id, device_id, room_id, member)
+);`,
 }}
 
 const (

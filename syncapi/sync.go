@@ -242,16 +242,24 @@ func (s *SyncAPI) buildResponse(ctx context.Context, req *syncRequest) (*syncRes
 		}
 	}
 
+	lazy := newLazySent(req.userID, req.deviceID)
+	ignored, err := s.ignoredUsers(ctx, req.localpart)
+	if err != nil {
+		return nil, err
+	}
 	err = s.db.ReadTx(ctx, func(tx *sql.Tx) error {
 		var now int64
 		if err := tx.QueryRowContext(ctx, sqlConsumerPos, consumerName).Scan(&now); err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
 		next.PDU = now
-		b := &builder{s: s, tx: tx, req: req, since: since.PDU, now: now, initial: req.since == nil}
+		b := &builder{s: s, tx: tx, req: req, since: since.PDU, now: now, initial: req.since == nil, lazy: lazy, ignored: ignored}
 		return b.rooms(ctx, resp, roomData)
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := lazy.save(ctx, s); err != nil {
 		return nil, err
 	}
 	// The streams beside the room events: each fills its part of resp and
@@ -268,6 +276,9 @@ func (s *SyncAPI) buildResponse(ctx context.Context, req *syncRequest) (*syncRes
 
 // builder computes the rooms part of one sync in one read transaction.
 type builder struct {
+	lazy *lazySent
+	// ignored are the senders the user ignores (m.ignored_user_list).
+	ignored map[string]bool
 	s       *SyncAPI
 	tx      *sql.Tx
 	req     *syncRequest
@@ -334,6 +345,13 @@ func (b *builder) rooms(ctx context.Context, resp *syncResponse, roomData map[st
 			}
 		case spec.Invite:
 			if b.initial || changed {
+				var inviter string
+				if err := b.tx.QueryRowContext(ctx, `SELECT sender FROM syncapi_events WHERE event_id = $1`, m.eventID).Scan(&inviter); err != nil && !errors.Is(err, sql.ErrNoRows) {
+					return err
+				}
+				if b.ignored[inviter] {
+					continue // invites from ignored users are not shown
+				}
 				ir, err := b.invitedRoom(ctx, m.roomID)
 				if err != nil {
 					return err
@@ -401,7 +419,7 @@ func (b *builder) joinedRoom(ctx context.Context, roomID string, full bool, acco
 	if full {
 		from = 0
 	}
-	tl, start, err := b.timeline(ctx, roomID, from, b.now)
+	tl, start, err := b.timeline(ctx, roomID, from, b.now, full)
 	if err != nil {
 		return nil, err
 	}
@@ -416,6 +434,11 @@ func (b *builder) joinedRoom(ctx context.Context, roomID string, full bool, acco
 	}
 	if !full && len(tl.Events) == 0 && len(stateEvents) == 0 && len(accountData) == 0 {
 		return nil, nil
+	}
+	if !full && b.lazyLoading() {
+		if stateEvents, err = b.lazyMembers(ctx, roomID, start, tl.Events, stateEvents); err != nil {
+			return nil, err
+		}
 	}
 	jr := &joinedRoom{
 		Timeline:    tl,
@@ -464,7 +487,7 @@ func (b *builder) leftRoom(ctx context.Context, roomID string, leavePos int64, p
 	if b.initial || prev != spec.Join {
 		from = leavePos - 1
 	}
-	tl, start, err := b.timeline(ctx, roomID, from, leavePos)
+	tl, start, err := b.timeline(ctx, roomID, from, leavePos, true)
 	if err != nil {
 		return nil, err
 	}
@@ -485,7 +508,7 @@ func (b *builder) leftRoom(ctx context.Context, roomID string, leavePos int64, p
 // timeline returns the newest events of a room in (from, to] that pass
 // the timeline filter, at most the limit, and the position just before
 // the first one returned.
-func (b *builder) timeline(ctx context.Context, roomID string, from, to int64) (timeline, int64, error) {
+func (b *builder) timeline(ctx context.Context, roomID string, from, to int64, checkVisibility bool) (timeline, int64, error) {
 	filter := b.timelineFilter()
 	limit := defaultTimelineLimit
 	if filter != nil && filter.Limit > 0 {
@@ -504,6 +527,9 @@ func (b *builder) timeline(ctx context.Context, roomID string, from, to int64) (
 			if filter != nil && !matchesRoomEventFilter(filter, ev.pdu) {
 				continue
 			}
+			if b.ignored[string(ev.pdu.SenderID())] {
+				continue
+			}
 			if len(picked) == limit {
 				limited = true
 				break
@@ -515,6 +541,15 @@ func (b *builder) timeline(ctx context.Context, roomID string, from, to int64) (
 		}
 	}
 	slices.Reverse(picked)
+	if checkVisibility && len(picked) > 0 {
+		// A user new to the room sees its history only as its history
+		// visibility allows.
+		visible, err := b.visible(ctx, picked)
+		if err != nil {
+			return timeline{}, 0, err
+		}
+		picked = visible
+	}
 	start := to
 	if len(picked) > 0 {
 		start = picked[0].pos - 1
@@ -529,7 +564,16 @@ func (b *builder) timeline(ctx context.Context, roomID string, from, to int64) (
 		}
 		events[i] = b.format(ev.pdu, opts)
 	}
-	return timeline{Events: events, Limited: limited, PrevBatch: Token{PDU: start}.String()}, start, nil
+	// A limited timeline's prev_batch pages back into the gap. An
+	// unlimited one holds everything since the last sync, and its
+	// prev_batch is the window's end, as other servers do: paging back from
+	// it returns the timeline again and then what came before (clients
+	// drop the events they have).
+	prevBatch := start
+	if !limited {
+		prevBatch = to
+	}
+	return timeline{Events: events, Limited: limited, PrevBatch: Token{PDU: prevBatch}.String()}, start, nil
 }
 
 // format serves an event as the filter asks: client or federation
@@ -544,6 +588,29 @@ func (b *builder) format(pdu gomatrixserverlib.PDU, opts clientevent.Options) cl
 		ev = clientevent.Project(ev, b.req.filter.EventFields)
 	}
 	return ev
+}
+
+// visible keeps the events the user may see by history visibility.
+func (b *builder) visible(ctx context.Context, events []storedEvent) ([]storedEvent, error) {
+	pdus := make([]gomatrixserverlib.PDU, len(events))
+	byID := make(map[string]storedEvent, len(events))
+	for i, ev := range events {
+		pdus[i] = ev.pdu
+		byID[ev.pdu.EventID()] = ev
+	}
+	ok, err := b.s.rs.VisibleEvents(ctx, b.req.userID, pdus)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]storedEvent, 0, len(ok))
+	for _, p := range ok {
+		out = append(out, byID[p.EventID()])
+	}
+	return out, nil
+}
+
+func (b *builder) lazyLoading() bool {
+	return b.req.filter.Room != nil && b.req.filter.Room.State != nil && b.req.filter.Room.State.LazyLoadMembers
 }
 
 func (b *builder) timelineFilter() *eventfilter.RoomEventFilter {
@@ -712,17 +779,78 @@ func (b *builder) fullState(ctx context.Context, roomID string, p int64, tl []cl
 		stateFilter = b.req.filter.Room.State
 	}
 	if stateFilter != nil && stateFilter.LazyLoadMembers {
-		needed := map[string]bool{b.req.userID: true}
-		for _, ev := range tl {
-			needed[ev.Sender] = true
-		}
+		// A full state resets what the device has: it gets every member it
+		// needs, redundant or not.
+		needed := b.timelineSenders(tl)
 		for k := range state {
 			if k.typ == spec.MRoomMember && !needed[k.key] {
 				delete(state, k)
 			}
 		}
+		b.lazy.reset(roomID, needed)
 	}
 	return b.loadState(ctx, state, stateFilter, tl)
+}
+
+// timelineSenders are the members a lazy-loading client needs for these
+// events: their senders, and the user themself.
+func (b *builder) timelineSenders(tl []clientevent.Event) map[string]bool {
+	needed := map[string]bool{b.req.userID: true}
+	for _, ev := range tl {
+		needed[ev.Sender] = true
+	}
+	return needed
+}
+
+// lazyMembers adds to an incremental sync's state the member events of
+// timeline senders the device has not been sent yet (or all of them, with
+// include_redundant_members), as they stood at the timeline's start.
+func (b *builder) lazyMembers(ctx context.Context, roomID string, at int64, tl []clientevent.Event, stateEvents []clientevent.Event) ([]clientevent.Event, error) {
+	filter := b.req.filter.Room.State
+	have := map[string]bool{}
+	for _, ev := range stateEvents {
+		if ev.Type == spec.MRoomMember && ev.StateKey != nil {
+			have[*ev.StateKey] = true
+		}
+	}
+	for _, ev := range tl {
+		if ev.Type == spec.MRoomMember && ev.StateKey != nil {
+			have[*ev.StateKey] = true
+		}
+	}
+	var want []string
+	for member := range b.timelineSenders(tl) {
+		if have[member] {
+			continue
+		}
+		sent, err := b.lazy.sent(ctx, b.tx, roomID, member)
+		if err != nil {
+			return nil, err
+		}
+		if !sent || filter.IncludeRedundantMembers {
+			want = append(want, member)
+		}
+	}
+	if len(want) == 0 {
+		return stateEvents, nil
+	}
+	state, err := b.stateAt(ctx, roomID, at)
+	if err != nil {
+		return nil, err
+	}
+	picked := map[stateKeyTuple]string{}
+	for _, m := range want {
+		k := stateKeyTuple{spec.MRoomMember, m}
+		if id, ok := state[k]; ok {
+			picked[k] = id
+		}
+		b.lazy.add(roomID, m)
+	}
+	extra, err := b.loadState(ctx, picked, nil, tl)
+	if err != nil {
+		return nil, err
+	}
+	return append(stateEvents, extra...), nil
 }
 
 // stateDelta is the state at position to, for the keys that changed in
@@ -847,10 +975,37 @@ func (b *builder) summary(ctx context.Context, roomID string) (map[string]any, e
 	if len(heroes) > 5 {
 		heroes = heroes[:5]
 	}
-	if heroes == nil {
-		heroes = []string{}
+	summary := map[string]any{"m.joined_member_count": joined, "m.invited_member_count": invited}
+	named, err := b.hasName(ctx, roomID)
+	if err != nil {
+		return nil, err
 	}
-	return map[string]any{"m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited}, nil
+	if !named {
+		// Heroes name rooms that have neither a name nor an alias.
+		if heroes == nil {
+			heroes = []string{}
+		}
+		summary["m.heroes"] = heroes
+	}
+	return summary, nil
+}
+
+// hasName reports whether the room has a non-empty name or canonical alias.
+func (b *builder) hasName(ctx context.Context, roomID string) (bool, error) {
+	for _, k := range []struct{ typ, field string }{{"m.room.name", "name"}, {"m.room.canonical_alias", "alias"}} {
+		var version, js string
+		err := b.tx.QueryRowContext(ctx, sqlCurrentStateEvent, roomID, k.typ, "").Scan(&version, &js)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if gjson.Get(js, "content."+k.field).String() != "" {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // strippedStateTypes are shared with users invited to or knocking on a

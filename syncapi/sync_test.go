@@ -267,3 +267,116 @@ func TestLeaveAndRejoinInOneWindowGivesFullState(t *testing.T) {
 		t.Fatalf("rejoined room lacks its full state: %s", r.Get(rooms).Raw)
 	}
 }
+
+func TestLazyLoadedMembersAcrossIncrementalSyncs(t *testing.T) {
+	s := testserver.New(t)
+	alice := s.Register("alice", "pw")
+	bob := s.Register("bob", "pw")
+	roomID := createRoom(t, s, alice.UserID)
+	rooms := "rooms.join." + gjson.Escape(roomID)
+	setMembership(t, s, roomID, bob.UserID, bob.UserID, "join")
+	lazy := url.QueryEscape(`{"room":{"timeline":{"limit":2},"state":{"lazy_load_members":true}}}`)
+	// Alice's initial sync: bob's join is out of the timeline and he has
+	// not spoken, so his member event is left out.
+	sendEvent(t, s, roomID, alice.UserID, "m.room.message", nil, map[string]string{"body": "0"})
+	opener := sendEvent(t, s, roomID, alice.UserID, "m.room.message", nil, map[string]string{"body": "1"})
+	r := syncUntil(t, s, alice, "", "&filter="+lazy, func(r gjson.Result) bool {
+		return r.Get(rooms + ".timeline.events.#(event_id==" + opener + ")").Exists()
+	})
+	bobMember := rooms + `.state.events.#(state_key==` + bob.UserID + `)`
+	if r.Get(bobMember).Exists() {
+		t.Fatalf("bob's member event sent though he has not spoken: %s", r.Get(rooms+".state").Raw)
+	}
+	next := r.Get("next_batch").String()
+	// A gap, then bob speaks: his member event must come with it.
+	for i := 0; i < 3; i++ {
+		sendEvent(t, s, roomID, alice.UserID, "m.room.message", nil, map[string]any{"body": i})
+	}
+	said := sendEvent(t, s, roomID, bob.UserID, "m.room.message", nil, map[string]string{"body": "bob speaks"})
+	r = syncUntil(t, s, alice, next, "&filter="+lazy, func(r gjson.Result) bool {
+		return r.Get(rooms + ".timeline.events.#(event_id==" + said + ")").Exists()
+	})
+	if !r.Get(bobMember).Exists() {
+		t.Fatalf("gappy lazy sync lacks the speaker's member event: %s", r.Get(rooms).Raw)
+	}
+	next = r.Get("next_batch").String()
+	// He speaks again: the device has his member event, so not again...
+	said = sendEvent(t, s, roomID, bob.UserID, "m.room.message", nil, map[string]string{"body": "again"})
+	r = syncUntil(t, s, alice, next, "&filter="+lazy, func(r gjson.Result) bool {
+		return r.Get(rooms + ".timeline.events.#(event_id==" + said + ")").Exists()
+	})
+	if r.Get(bobMember).Exists() {
+		t.Fatalf("redundant member event sent: %s", r.Get(rooms+".state").Raw)
+	}
+	// ...unless the client asks for redundant members.
+	redundant := url.QueryEscape(`{"room":{"timeline":{"limit":2},"state":{"lazy_load_members":true,"include_redundant_members":true}}}`)
+	r = syncUntil(t, s, alice, next, "&filter="+redundant, func(r gjson.Result) bool {
+		return r.Get(rooms + ".timeline.events.#(event_id==" + said + ")").Exists()
+	})
+	if !r.Get(bobMember).Exists() {
+		t.Fatalf("include_redundant_members ignored: %s", r.Get(rooms+".state").Raw)
+	}
+}
+
+func TestUnlimitedTimelinePrevBatchPagesBack(t *testing.T) {
+	s := testserver.New(t)
+	alice := s.Register("alice", "pw")
+	roomID := createRoom(t, s, alice.UserID)
+	msg := sendEvent(t, s, roomID, alice.UserID, "m.room.message", nil, map[string]string{"body": "here"})
+	rooms := "rooms.join." + gjson.Escape(roomID)
+	r := syncUntil(t, s, alice, "", "", func(r gjson.Result) bool {
+		return r.Get(rooms + ".timeline.events.#(event_id==" + msg + ")").Exists()
+	})
+	if r.Get(rooms + ".timeline.limited").Bool() {
+		t.Skip("timeline unexpectedly limited")
+	}
+	prev := r.Get(rooms + ".timeline.prev_batch").String()
+	m := s.MustOK("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/messages?dir=b&from="+url.QueryEscape(prev), alice.AccessToken, nil)
+	if m.Get("chunk.0.event_id").String() != msg {
+		t.Fatalf("paging back from an unlimited timeline's prev_batch: %s", m)
+	}
+}
+
+func TestIgnoredUsersAndHistoryVisibilityInSync(t *testing.T) {
+	s := testserver.New(t)
+	alice := s.Register("alice", "pw")
+	bob := s.Register("bob", "pw")
+	carol := s.Register("carol", "pw")
+	roomID := createRoom(t, s, alice.UserID)
+	rooms := "rooms.join." + gjson.Escape(roomID)
+	setMembership(t, s, roomID, bob.UserID, bob.UserID, "join")
+	// Joined-only history: carol must not see what came before her join.
+	hv := ""
+	sendEvent(t, s, roomID, alice.UserID, "m.room.history_visibility", &hv, map[string]string{"history_visibility": "joined"})
+	secret := sendEvent(t, s, roomID, alice.UserID, "m.room.message", nil, map[string]string{"body": "before carol"})
+	setMembership(t, s, roomID, carol.UserID, carol.UserID, "join")
+	hello := sendEvent(t, s, roomID, bob.UserID, "m.room.message", nil, map[string]string{"body": "hi carol"})
+	r := syncUntil(t, s, carol, "", "", func(r gjson.Result) bool {
+		return r.Get(rooms + ".timeline.events.#(event_id==" + hello + ")").Exists()
+	})
+	if r.Get(rooms + ".timeline.events.#(event_id==" + secret + ")").Exists() {
+		t.Fatal("carol sees history from before she joined a joined-only room")
+	}
+	// Alice ignores bob: his messages vanish from her syncs.
+	s.MustOK("PUT", "/_matrix/client/v3/user/"+url.PathEscape(alice.UserID)+"/account_data/m.ignored_user_list", alice.AccessToken,
+		map[string]any{"ignored_users": map[string]any{bob.UserID: map[string]any{}}})
+	mine := sendEvent(t, s, roomID, alice.UserID, "m.room.message", nil, map[string]string{"body": "mine"})
+	r = syncUntil(t, s, alice, "", "", func(r gjson.Result) bool {
+		return r.Get(rooms + ".timeline.events.#(event_id==" + mine + ")").Exists()
+	})
+	if r.Get(rooms + ".timeline.events.#(event_id==" + hello + ")").Exists() {
+		t.Fatal("an ignored user's message is in the timeline")
+	}
+	// Heroes only for rooms without a name.
+	if r.Get(rooms+".summary.m\\.heroes").Exists() != true {
+		t.Fatalf("unnamed room lacks heroes: %s", r.Get(rooms+".summary").Raw)
+	}
+	name := ""
+	named := sendEvent(t, s, roomID, alice.UserID, "m.room.name", &name, map[string]string{"name": "Named"})
+	r = syncUntil(t, s, alice, "", "", func(r gjson.Result) bool {
+		return r.Get(rooms + ".timeline.events.#(event_id==" + named + ")").Exists()
+	})
+	if r.Get(rooms + ".summary.m\\.heroes").Exists() {
+		t.Fatalf("named room has heroes: %s", r.Get(rooms+".summary").Raw)
+	}
+}

@@ -6,8 +6,12 @@ package syncapi
 
 import (
 	"context"
+	"errors"
+
 	"encoding/json"
 	"time"
+
+	"github.com/tidwall/gjson"
 
 	"github.com/sirupsen/logrus"
 
@@ -21,6 +25,7 @@ import (
 type Accounts interface {
 	AccountDataSince(ctx context.Context, localpart string, since int64) ([]accounts.AccountDataEntry, int64, error)
 	PutAccountData(ctx context.Context, localpart, roomID, dataType string, content json.RawMessage) (int64, error)
+	AccountData(ctx context.Context, localpart, roomID, dataType string) (json.RawMessage, error)
 	Filter(ctx context.Context, localpart, filterID string) (json.RawMessage, error)
 	Devices(ctx context.Context, localpart string) ([]accounts.Device, error)
 	Account(ctx context.Context, localpart string) (*accounts.Account, error)
@@ -75,4 +80,22 @@ func (s *SyncAPI) wakeRoom(roomID string) {
 	for _, u := range users {
 		s.notifier.wake(u)
 	}
+}
+
+// ignoredUsers reads the user's m.ignored_user_list: their events and
+// invites are left out of /sync.
+func (s *SyncAPI) ignoredUsers(ctx context.Context, localpart string) (map[string]bool, error) {
+	raw, err := s.accounts.AccountData(ctx, localpart, "", "m.ignored_user_list")
+	if errors.Is(err, accounts.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	ignored := map[string]bool{}
+	gjson.GetBytes(raw, "ignored_users").ForEach(func(k, _ gjson.Result) bool {
+		ignored[k.String()] = true
+		return true
+	})
+	return ignored, nil
 }

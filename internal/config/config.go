@@ -143,9 +143,10 @@ func Default(serverName string) Config {
 		Database:   "plexus.db",
 		SigningKey: "signing.key",
 		Registration: Registration{
-			// Open registration is harmless on a server only this machine reaches.
+			// Open registration and guests are harmless on a server only
+			// this machine reaches.
 			Open:        local,
-			GuestAccess: false,
+			GuestAccess: local,
 			BcryptCost:  12,
 		},
 		RateLimit: RateLimit{
@@ -210,6 +211,7 @@ var EnvVars = []struct{ Name, Field string }{
 	{"PLEXUS_DATABASE", "database"},
 	{"PLEXUS_REGISTRATION_OPEN", "registration.open (true/false)"},
 	{"PLEXUS_REGISTRATION_SHARED_SECRET", "registration.shared_secret"},
+	{"PLEXUS_GUEST_ACCESS", "registration.guest_access (true/false)"},
 	{"PLEXUS_RATE_LIMIT", "rate_limit.enabled (off/false disables, on/true enables)"},
 	{"PLEXUS_LOG_LEVEL", "log.level"},
 	{"PLEXUS_FEDERATION_CA", "federation.ca_file"},
@@ -260,6 +262,7 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 	}
 	for name, dst := range map[string]*bool{
 		"PLEXUS_REGISTRATION_OPEN":   &c.Registration.Open,
+		"PLEXUS_GUEST_ACCESS":        &c.Registration.GuestAccess,
 		"PLEXUS_RATE_LIMIT":          &c.RateLimit.Enabled,
 		"PLEXUS_FEDERATION_INSECURE": &c.Federation.InsecureSkipVerify,
 	} {

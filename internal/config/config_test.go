@@ -136,6 +136,7 @@ func TestEnvOverrides(t *testing.T) {
 		"PLEXUS_TRUSTED_KEY_SERVERS":        " a.example , b.example:8448,",
 		"PLEXUS_TLS_LISTEN":                 ":8448",
 		"PLEXUS_BCRYPT_COST":                "4",
+		"PLEXUS_GUEST_ACCESS":               "false",
 	}
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 	if err := cfg.ApplyEnv(lookup); err != nil {
@@ -143,7 +144,8 @@ func TestEnvOverrides(t *testing.T) {
 	}
 	if cfg.ServerName != "hs.test:8448" || cfg.Listen.HTTP != "127.0.0.1:9000" || cfg.DatabaseConn() != "postgres://x@y/z" ||
 		cfg.Registration.Open || cfg.Registration.SharedSecret != "s3" || cfg.RateLimit.Enabled ||
-		cfg.Log.Level != "debug" || !cfg.Federation.InsecureSkipVerify || cfg.Registration.BcryptCost != 4 {
+		cfg.Log.Level != "debug" || !cfg.Federation.InsecureSkipVerify || cfg.Registration.BcryptCost != 4 ||
+		cfg.Registration.GuestAccess {
 		t.Fatalf("overrides not applied: %+v", cfg)
 	}
 	if cfg.Federation.CAFile != "/ca.crt" || cfg.Listen.TLS != ":8448" ||

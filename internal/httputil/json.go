@@ -2,6 +2,7 @@ package httputil
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -31,7 +32,11 @@ func WriteJSON(w http.ResponseWriter, status int, body any) {
 func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	var merr *Error
 	if !errors.As(err, &merr) {
-		if errors.Is(err, errBodyTooLarge) {
+		if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+			// The client hung up: nobody reads the answer, nothing failed.
+			LoggerFrom(r).Debug("client went away")
+			merr = &Error{Status: 499, Code: "M_UNKNOWN", Message: "Request cancelled"}
+		} else if errors.Is(err, errBodyTooLarge) {
 			merr = TooLarge("Request body too large")
 		} else {
 			LoggerFrom(r).WithError(err).Error("request failed")
