@@ -1,16 +1,19 @@
 package clientapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"regexp"
 	"strings"
 
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/plexus-chat/plexus/accounts"
 	"github.com/plexus-chat/plexus/internal/config"
 	"github.com/plexus-chat/plexus/internal/httputil"
 	"github.com/plexus-chat/plexus/internal/mxid"
+	rsapi "github.com/plexus-chat/plexus/roomserver/api"
 )
 
 // Profile field names. Only these two are stored: the accounts component
@@ -201,7 +204,49 @@ func (a *API) setProfileField(r *http.Request, localpart, key, value string) err
 	if errors.Is(err, accounts.ErrNotFound) {
 		return httputil.NotFound("Profile not found")
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	return a.updateMemberEvents(r.Context(), localpart, key, value)
+}
+
+// updateMemberEvents carries a profile change into the user's member
+// event in every room they are joined to, as clients show names and
+// avatars from there. A room where the change is refused (say, a server
+// ACL or power level rule on member events) keeps the old profile.
+func (a *API) updateMemberEvents(ctx context.Context, localpart, key, value string) error {
+	userID := a.userID(localpart)
+	memberships, err := a.rooms.Memberships(ctx, userID)
+	if err != nil {
+		return err
+	}
+	for _, m := range memberships {
+		if m.Membership != spec.Join {
+			continue
+		}
+		cur, err := a.rooms.CurrentStateEvent(ctx, m.RoomID, spec.MRoomMember, userID)
+		if err != nil || cur == nil {
+			continue
+		}
+		content := map[string]any{}
+		if err := json.Unmarshal(cur.Content(), &content); err != nil {
+			continue
+		}
+		if value == "" {
+			delete(content, key)
+		} else {
+			content[key] = value
+		}
+		raw, err := json.Marshal(content)
+		if err != nil {
+			return err
+		}
+		sk := userID
+		if _, err := a.rooms.SendEvent(ctx, rsapi.NewEvent{RoomID: m.RoomID, Sender: userID, Type: spec.MRoomMember, StateKey: &sk, Content: raw}); err != nil {
+			httputil.LoggerFromContext(ctx).WithError(err).WithField("room_id", m.RoomID).Warn("profile change not carried into a room")
+		}
+	}
+	return nil
 }
 
 // validMXCURI checks mxc://<server-name>/<media-id> as the content

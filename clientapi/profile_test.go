@@ -3,11 +3,13 @@ package clientapi_test
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 
 	"github.com/plexus-chat/plexus/internal/config"
 	"github.com/plexus-chat/plexus/internal/testserver"
+	"github.com/tidwall/gjson"
 )
 
 const profilePath = "/_matrix/client/v3/profile/"
@@ -162,4 +164,22 @@ func TestProfileGuest(t *testing.T) {
 	}
 	s.MustOK("DELETE", profilePath+id+"/displayname", token, nil)
 	s.ExpectError(404, "M_NOT_FOUND", "GET", profilePath+id+"/displayname", "", nil)
+}
+
+// A profile change reaches the user's member event in their rooms, where
+// clients read names and avatars.
+func TestProfileChangeUpdatesMemberEvents(t *testing.T) {
+	s := testserver.New(t)
+	alice := s.Register("alice", "pw")
+	roomID := rsCreateRoom(t, s, alice, "12", "public")
+	s.MustOK("PUT", "/_matrix/client/v3/profile/"+url.PathEscape(alice.UserID)+"/displayname", alice.AccessToken, map[string]string{"displayname": "Alice A."})
+	s.MustOK("PUT", "/_matrix/client/v3/profile/"+url.PathEscape(alice.UserID)+"/avatar_url", alice.AccessToken, map[string]string{"avatar_url": "mxc://localhost/abc"})
+	ev, err := s.Server.Roomserver.CurrentStateEvent(context.Background(), roomID, "m.room.member", alice.UserID)
+	if err != nil || ev == nil {
+		t.Fatal(err)
+	}
+	c := gjson.ParseBytes(ev.Content())
+	if c.Get("displayname").String() != "Alice A." || c.Get("avatar_url").String() != "mxc://localhost/abc" || c.Get("membership").String() != "join" {
+		t.Fatalf("member event after profile change: %s", ev.Content())
+	}
 }

@@ -30,7 +30,12 @@ type routeName struct{ template string }
 
 // LoggerFrom returns the request's logger, which carries its request ID.
 func LoggerFrom(r *http.Request) *logrus.Entry {
-	if l, ok := r.Context().Value(loggerKey).(*logrus.Entry); ok {
+	return LoggerFromContext(r.Context())
+}
+
+// LoggerFromContext is LoggerFrom for code that has only the context.
+func LoggerFromContext(ctx context.Context) *logrus.Entry {
+	if l, ok := ctx.Value(loggerKey).(*logrus.Entry); ok {
 		return l
 	}
 	return logrus.NewEntry(logrus.StandardLogger())
