@@ -45,6 +45,10 @@ func (a *API) changePassword(w http.ResponseWriter, r *http.Request, s *accounts
 		if err := a.accounts.DeleteAllDevices(r.Context(), s.Localpart, s.DeviceID); err != nil {
 			return err
 		}
+		// The other devices' encryption keys go too (keys.go).
+		if err := a.dropAllDeviceKeys(r.Context(), s.Localpart, s.DeviceID); err != nil {
+			return err
+		}
 	}
 	httputil.WriteJSON(w, http.StatusOK, struct{}{})
 	return nil
@@ -65,6 +69,10 @@ func (a *API) deactivate(w http.ResponseWriter, r *http.Request, s *accounts.Ses
 		return err
 	}
 	if err := a.accounts.Deactivate(r.Context(), s.Localpart); err != nil {
+		return err
+	}
+	// Deactivation removed every device: their encryption keys go too (keys.go).
+	if err := a.dropAllDeviceKeys(r.Context(), s.Localpart, ""); err != nil {
 		return err
 	}
 	// No third-party IDs are ever bound, so there is nothing to unbind: the

@@ -60,6 +60,8 @@ func (a *API) Register(root *mux.Router) {
 	a.registerFilterRoutes(r)
 	a.registerCapabilitiesRoutes(r)
 	a.registerRoomRoutes(r)
+	a.registerOpenIDRoutes(r)
+	a.registerKeyRoutes(r) // keys.go: /keys/* and /room_keys/* (end-to-end encryption)
 	a.registerAdminRoutes(root)
 }
 

@@ -10,9 +10,11 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/sirupsen/logrus"
 
 	"github.com/plexus-chat/plexus/accounts"
 	"github.com/plexus-chat/plexus/internal/httputil"
+	"github.com/plexus-chat/plexus/internal/mxid"
 	rsapi "github.com/plexus-chat/plexus/roomserver/api"
 )
 
@@ -76,8 +78,38 @@ func (a *API) createRoom(w http.ResponseWriter, r *http.Request, s *accounts.Ses
 	case err != nil:
 		return roomError(err)
 	}
+	a.inviteRemoteAfterCreate(r.Context(), roomID, s.Localpart, &req)
 	httputil.WriteJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 	return nil
+}
+
+// inviteRemoteAfterCreate invites the users of other servers among the
+// request's invitees once the room exists: their servers must countersign
+// each invite, so they cannot be among the room's first events. The room
+// stands whether or not they succeed; failures are logged.
+func (a *API) inviteRemoteAfterCreate(ctx context.Context, roomID, localpart string, req *createRoomRequest) {
+	creator := a.userID(localpart)
+	var done []string
+	for _, userID := range req.Invite {
+		if a.isLocalUser(userID) || slices.Contains(done, userID) {
+			continue
+		}
+		done = append(done, userID)
+		content, err := a.inviteContent(ctx, userID, "", req.IsDirect)
+		if err == nil {
+			err = a.sendInvite(ctx, roomID, creator, userID, content)
+		}
+		if err != nil {
+			logrus.WithFields(logrus.Fields{"room_id": roomID, "user_id": userID, "error": err.Error()}).
+				Warn("cannot invite a user of another server to a new room")
+		}
+	}
+}
+
+// isLocalUser reports whether a (valid) user ID is of this server.
+func (a *API) isLocalUser(userID string) bool {
+	uid, err := mxid.ParseUserID(userID)
+	return err == nil && uid.Server == a.cfg.ServerName
 }
 
 func errInvalidRoomState(msg string) error {
@@ -148,6 +180,9 @@ func (a *API) planRoom(ctx context.Context, localpart string, req *createRoomReq
 			return plan, err
 		}
 		invitees = append(invitees, userID)
+		if !a.isLocalUser(userID) {
+			continue // invited over federation once the room exists (inviteRemoteAfterCreate)
+		}
 		invites = append(invites, rsapi.StateEvent{Type: spec.MRoomMember, StateKey: userID, Content: content})
 	}
 

@@ -99,6 +99,10 @@ func (a *API) deleteDevice(w http.ResponseWriter, r *http.Request, s *accounts.S
 	if err := a.accounts.DeleteDevices(r.Context(), s.Localpart, []string{httputil.Vars(r)["deviceId"]}); err != nil {
 		return err
 	}
+	// The device's encryption keys go too (keys.go).
+	if err := a.dropDeviceKeys(r.Context(), s.Localpart, []string{httputil.Vars(r)["deviceId"]}); err != nil {
+		return err
+	}
 	httputil.WriteJSON(w, http.StatusOK, struct{}{})
 	return nil
 }
@@ -135,6 +139,10 @@ func (a *API) deleteDevices(w http.ResponseWriter, r *http.Request, s *accounts.
 	}
 	if len(ids) > 0 {
 		if err := a.accounts.DeleteDevices(r.Context(), s.Localpart, ids); err != nil {
+			return err
+		}
+		// The devices' encryption keys go too (keys.go).
+		if err := a.dropDeviceKeys(r.Context(), s.Localpart, ids); err != nil {
 			return err
 		}
 	}

@@ -181,12 +181,20 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request, s *accounts.Session
 	if err := a.accounts.DeleteDevices(r.Context(), s.Localpart, []string{s.DeviceID}); err != nil {
 		return err
 	}
+	// The device's encryption keys go too (keys.go).
+	if err := a.dropDeviceKeys(r.Context(), s.Localpart, []string{s.DeviceID}); err != nil {
+		return err
+	}
 	httputil.WriteJSON(w, http.StatusOK, struct{}{})
 	return nil
 }
 
 func (a *API) logoutAll(w http.ResponseWriter, r *http.Request, s *accounts.Session) error {
 	if err := a.accounts.DeleteAllDevices(r.Context(), s.Localpart, ""); err != nil {
+		return err
+	}
+	// Every device's encryption keys go too (keys.go).
+	if err := a.dropAllDeviceKeys(r.Context(), s.Localpart, ""); err != nil {
 		return err
 	}
 	httputil.WriteJSON(w, http.StatusOK, struct{}{})

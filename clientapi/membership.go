@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/tidwall/gjson"
@@ -46,34 +47,46 @@ func pathRoomID(r *http.Request) (string, error) {
 	return id, nil
 }
 
-// resolveRoom turns a room ID or a local alias into a room ID.
-func (a *API) resolveRoom(ctx context.Context, idOrAlias string) (string, error) {
+// resolveRoom turns a room ID or an alias into a room ID. Other servers'
+// aliases are asked of their server over federation, which also names
+// servers to join the room through.
+func (a *API) resolveRoom(ctx context.Context, idOrAlias string) (string, []string, error) {
 	switch {
 	case strings.HasPrefix(idOrAlias, "!"):
 		if !validRoomID(idOrAlias) {
-			return "", httputil.InvalidParam("Invalid room ID")
+			return "", nil, httputil.InvalidParam("Invalid room ID")
 		}
-		return idOrAlias, nil
+		return idOrAlias, nil, nil
 	case strings.HasPrefix(idOrAlias, "#"):
 		server, err := validRoomAlias(idOrAlias)
 		if err != nil {
-			return "", httputil.InvalidParam("Invalid room alias: %v", err)
+			return "", nil, httputil.InvalidParam("Invalid room alias: %v", err)
 		}
-		// Other servers' aliases need a federation query, which does not
-		// exist yet.
 		if server != a.cfg.ServerName {
-			return "", httputil.NotFound("Room alias %s not found", idOrAlias)
+			remote := a.remoteMembership()
+			if remote == nil {
+				return "", nil, httputil.NotFound("Room alias %s not found", idOrAlias)
+			}
+			return remote.ResolveRemoteAlias(ctx, idOrAlias)
 		}
 		roomID, err := a.rooms.ResolveAlias(ctx, idOrAlias)
 		if err != nil {
-			return "", err
+			return "", nil, err
 		}
 		if roomID == "" {
-			return "", httputil.NotFound("Room alias %s not found", idOrAlias)
+			return "", nil, httputil.NotFound("Room alias %s not found", idOrAlias)
 		}
-		return roomID, nil
+		return roomID, nil, nil
 	}
-	return "", httputil.InvalidParam("Expected a room ID or a room alias")
+	return "", nil, httputil.InvalidParam("Expected a room ID or a room alias")
+}
+
+// viaServers are the servers a client names to join or knock through
+// (via, and the older server_name), before those an alias lookup gave.
+func viaServers(r *http.Request, fromAlias []string) []string {
+	q := r.URL.Query()
+	out := append(append([]string{}, q["via"]...), q["server_name"]...)
+	return append(out, fromAlias...)
 }
 
 func (a *API) joinByIDOrAlias(w http.ResponseWriter, r *http.Request, s *accounts.Session) error {
@@ -81,13 +94,11 @@ func (a *API) joinByIDOrAlias(w http.ResponseWriter, r *http.Request, s *account
 	if err := readOptionalJSON(r, &req); err != nil {
 		return err
 	}
-	// via and server_name name servers to join remote rooms through; only
-	// local rooms can be joined until federation exists.
-	roomID, err := a.resolveRoom(r.Context(), httputil.Vars(r)["roomIdOrAlias"])
+	roomID, servers, err := a.resolveRoom(r.Context(), httputil.Vars(r)["roomIdOrAlias"])
 	if err != nil {
 		return err
 	}
-	return a.join(w, r, s, roomID, req.Reason)
+	return a.join(w, r, s, roomID, viaServers(r, servers), req.Reason)
 }
 
 func (a *API) joinByID(w http.ResponseWriter, r *http.Request, s *accounts.Session) error {
@@ -101,14 +112,34 @@ func (a *API) joinByID(w http.ResponseWriter, r *http.Request, s *accounts.Sessi
 	if err := readOptionalJSON(r, &req); err != nil {
 		return err
 	}
-	return a.join(w, r, s, roomID, req.Reason)
+	return a.join(w, r, s, roomID, nil, req.Reason)
 }
 
-// join joins the user to a room this server knows. A room on another
-// server is not found: joining over federation comes with federation.
-func (a *API) join(w http.ResponseWriter, r *http.Request, s *accounts.Session, roomID, reason string) error {
+// join joins the user to a room: directly when a user of this server is
+// in it, else through other servers (servers first, then those the
+// federation API finds: the inviter's, the one in the room ID). A room
+// this server knows but no other server can be asked about (a local room
+// everyone left) is joined directly if its state allows.
+func (a *API) join(w http.ResponseWriter, r *http.Request, s *accounts.Session, roomID string, servers []string, reason string) error {
 	ctx := r.Context()
 	userID := a.userID(s.Localpart)
+	handled, err := a.viaRemote(ctx, roomID, userID, func(remote RemoteMembership) error {
+		if s.IsGuest {
+			return httputil.GuestForbidden("Guests may not join rooms of other servers")
+		}
+		content, err := a.ownMemberContent(ctx, s.Localpart, spec.Join, reason)
+		if err != nil {
+			return err
+		}
+		return remote.JoinRemoteRoom(ctx, roomID, userID, servers, content)
+	})
+	if err != nil {
+		return roomError(err)
+	}
+	if handled {
+		httputil.WriteJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+		return nil
+	}
 	current, err := a.rooms.Membership(ctx, roomID, userID)
 	if err != nil {
 		return roomError(err)
@@ -149,9 +180,24 @@ func (a *API) knock(w http.ResponseWriter, r *http.Request, s *accounts.Session)
 	if err := readOptionalJSON(r, &req); err != nil {
 		return err
 	}
-	roomID, err := a.resolveRoom(ctx, httputil.Vars(r)["roomIdOrAlias"])
+	roomID, servers, err := a.resolveRoom(ctx, httputil.Vars(r)["roomIdOrAlias"])
 	if err != nil {
 		return err
+	}
+	userID := a.userID(s.Localpart)
+	handled, err := a.viaRemote(ctx, roomID, userID, func(remote RemoteMembership) error {
+		content, err := a.ownMemberContent(ctx, s.Localpart, spec.Knock, req.Reason)
+		if err != nil {
+			return err
+		}
+		return remote.KnockRemoteRoom(ctx, roomID, userID, viaServers(r, servers), content)
+	})
+	if err != nil {
+		return roomError(err)
+	}
+	if handled {
+		httputil.WriteJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+		return nil
 	}
 	version, err := a.rooms.RoomVersion(ctx, roomID)
 	if err != nil {
@@ -168,7 +214,6 @@ func (a *API) knock(w http.ResponseWriter, r *http.Request, s *accounts.Session)
 	if !knockAllowed(string(version), joinRule) {
 		return httputil.Forbidden("You are not allowed to knock on this room")
 	}
-	userID := a.userID(s.Localpart)
 	content, err := a.ownMemberContent(ctx, s.Localpart, spec.Knock, req.Reason)
 	if err != nil {
 		return err
@@ -212,7 +257,13 @@ func (a *API) leave(w http.ResponseWriter, r *http.Request, s *accounts.Session)
 	if err != nil {
 		return roomError(err)
 	}
-	if current.Membership == spec.Leave {
+	if (current.Membership == spec.Invite || current.Membership == spec.Knock) && a.outOfBand(ctx, roomID, current) {
+		// An invite or knock through another server: rejected or
+		// retracted through it (or here alone when it cannot be reached).
+		if err := a.remoteMembership().LeaveRemoteRoom(ctx, roomID, userID, req.Reason); err != nil {
+			return roomError(err)
+		}
+	} else if current.Membership == spec.Leave {
 		if current.EventID == "" {
 			return httputil.Forbidden("You are not a member of this room")
 		}
@@ -301,7 +352,7 @@ func (a *API) invite(w http.ResponseWriter, r *http.Request, s *accounts.Session
 	// The auth rules refuse inviters outside the room or without the
 	// power, and invitees who are joined or banned. Inviting someone
 	// invited already is allowed (the spec answers 200).
-	if err := a.sendMembership(r.Context(), roomID, a.userID(s.Localpart), *body.UserID, content); err != nil {
+	if err := a.sendInvite(r.Context(), roomID, a.userID(s.Localpart), *body.UserID, content); err != nil {
 		return err
 	}
 	httputil.WriteJSON(w, http.StatusOK, struct{}{})
@@ -389,17 +440,24 @@ func (a *API) ownMemberContent(ctx context.Context, localpart, membership, reaso
 	return content, nil
 }
 
-// inviteContent is the content inviting a user, who must be a local user
-// (inviting users of other servers needs federation, which does not exist
-// yet). It carries the invitee's display name and avatar, as membership
-// events describe their target.
+// inviteContent is the content inviting a user. For a local user it
+// carries their display name and avatar, as membership events describe
+// their target; users of other servers are invited over federation
+// (sendInvite), without their profile.
 func (a *API) inviteContent(ctx context.Context, userID, reason string, isDirect bool) (map[string]any, error) {
 	uid, err := mxid.ParseUserID(userID)
 	if err != nil {
 		return nil, httputil.InvalidParam("Invalid user ID %q: %v", userID, err)
 	}
 	if uid.Server != a.cfg.ServerName {
-		return nil, httputil.Forbidden("Cannot invite %s: inviting users of other servers needs federation, which is not available yet", userID)
+		if a.remoteMembership() == nil {
+			return nil, httputil.Forbidden("Cannot invite %s: this server does not federate", userID)
+		}
+		content := memberContent(spec.Invite, reason)
+		if isDirect {
+			content["is_direct"] = true
+		}
+		return content, nil
 	}
 	// Local localparts are lower-case; user IDs are case-sensitive.
 	if uid.Localpart != strings.ToLower(uid.Localpart) {
@@ -439,4 +497,93 @@ func (a *API) sendMembership(ctx context.Context, roomID, sender, target string,
 		RoomID: roomID, Sender: sender, Type: spec.MRoomMember, StateKey: &target, Content: raw,
 	})
 	return roomError(err)
+}
+
+// sendInvite invites a user: a local user with a plain event, a user of
+// another server through its server, which countersigns the invite.
+func (a *API) sendInvite(ctx context.Context, roomID, sender, target string, content map[string]any) error {
+	if uid, err := mxid.ParseUserID(target); err == nil && uid.Server != a.cfg.ServerName {
+		remote := a.remoteMembership()
+		if remote == nil {
+			return httputil.Forbidden("Cannot invite %s: this server does not federate", target)
+		}
+		return roomError(remote.InviteRemoteUser(ctx, roomID, sender, target, content))
+	}
+	return a.sendMembership(ctx, roomID, sender, target, content)
+}
+
+// ---- Rooms of other servers ----
+
+// RemoteMembership is the federation API's side of membership
+// (federationapi.Membership): joining, leaving and knocking on rooms this
+// server is not in, and inviting users of other servers. Its errors are
+// Matrix errors (*httputil.Error) or the roomserver's typed errors.
+type RemoteMembership interface {
+	// ServerInRoom reports whether a user of this server is joined to the
+	// room (false for rooms this server does not know).
+	ServerInRoom(ctx context.Context, roomID string) (bool, error)
+	ResolveRemoteAlias(ctx context.Context, alias string) (roomID string, servers []string, err error)
+	JoinRemoteRoom(ctx context.Context, roomID, userID string, servers []string, content map[string]any) error
+	// LeaveRemoteRoom rejects an invite or retracts a knock; when no
+	// server of the room can be reached the leave is recorded here alone.
+	LeaveRemoteRoom(ctx context.Context, roomID, userID, reason string) error
+	KnockRemoteRoom(ctx context.Context, roomID, userID string, servers []string, content map[string]any) error
+	InviteRemoteUser(ctx context.Context, roomID, sender, target string, content map[string]any) error
+}
+
+// remoteMemberships holds each API's RemoteMembership, set when the
+// server is assembled (as openid.go does for its issuer, so the API
+// struct need not change).
+var remoteMemberships sync.Map // *API -> RemoteMembership
+
+// SetRemoteMembership gives the client API the federation handshakes;
+// call it before serving. Without it rooms and users of other servers are
+// not found (404) or refused (403).
+func (a *API) SetRemoteMembership(rm RemoteMembership) { remoteMemberships.Store(a, rm) }
+
+func (a *API) remoteMembership() RemoteMembership {
+	if rm, ok := remoteMemberships.Load(a); ok {
+		return rm.(RemoteMembership)
+	}
+	return nil
+}
+
+// viaRemote runs a join or knock through other servers when this server
+// is not in the room, and reports whether it did. A room this server
+// knows the state of, that no other server can be asked about (404), is
+// left to the local path: a local room its last member left can still
+// be joined.
+func (a *API) viaRemote(ctx context.Context, roomID, userID string, fn func(RemoteMembership) error) (bool, error) {
+	remote := a.remoteMembership()
+	if remote == nil {
+		return false, nil
+	}
+	inRoom, err := remote.ServerInRoom(ctx, roomID)
+	if err != nil || inRoom {
+		return false, err
+	}
+	err = fn(remote)
+	var he *httputil.Error
+	if errors.As(err, &he) && he.Status == http.StatusNotFound {
+		if create, cerr := a.rooms.CurrentStateEvent(ctx, roomID, spec.MRoomCreate, ""); cerr == nil && create != nil {
+			return false, nil
+		}
+	}
+	return true, err
+}
+
+// outOfBand reports whether a user's invite or knock came through another
+// server while this server is not in the room: only that server can take
+// the rejection.
+func (a *API) outOfBand(ctx context.Context, roomID string, current rsapi.Membership) bool {
+	remote := a.remoteMembership()
+	if remote == nil {
+		return false
+	}
+	if inRoom, err := remote.ServerInRoom(ctx, roomID); err != nil || inRoom {
+		return false
+	}
+	ev, err := a.rooms.Event(ctx, current.EventID)
+	// Events with no state here (StateBefore 0) came out of band.
+	return err != nil || ev.StateBefore == 0
 }

@@ -94,6 +94,13 @@ func testRoomUpgrade(t *testing.T, s *testserver.Server, from, to string) {
 	if create.Get("predecessor.room_id").String() != oldRoom || !create.Get("predecessor.event_id").Exists() || create.Get("type").Exists() {
 		t.Fatalf("create: %s", create.Raw)
 	}
+	if to != "12" {
+		// Where the new ID is ours to choose, the predecessor names the tombstone.
+		ts, err := s.Server.Roomserver.CurrentStateEvent(ctx, oldRoom, "m.room.tombstone", "")
+		if err != nil || ts == nil || create.Get("predecessor.event_id").String() != ts.EventID() {
+			t.Fatalf("predecessor.event_id %s is not the tombstone (%v)", create.Get("predecessor.event_id"), err)
+		}
+	}
 
 	// The state came along.
 	for typ, content := range transferred {

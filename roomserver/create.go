@@ -41,7 +41,10 @@ func (r *Roomserver) CreateRoom(ctx context.Context, req api.CreateRoomRequest) 
 		Content: rawContent, Depth: 1, PrevEvents: []string{}, AuthEvents: []string{},
 	}
 	if !verImpl.DomainlessRoomIDs() {
-		proto.RoomID = "!" + randomID() + ":" + string(r.serverName)
+		proto.RoomID = req.RoomID
+		if proto.RoomID == "" {
+			proto.RoomID = makeRoomID(r.serverName)
+		}
 	}
 	// In room version 12 the room ID is the create event's hash: two
 	// rooms created by one user in the same millisecond would be the same
@@ -88,6 +91,11 @@ func (r *Roomserver) CreateRoom(ctx context.Context, req api.CreateRoomRequest) 
 // isPreV11 reports room versions 1-10, whose create events carry "creator".
 func isPreV11(v gomatrixserverlib.RoomVersion) bool {
 	return !redactsInContent(v)
+}
+
+// makeRoomID makes a room ID for room versions that name their server.
+func makeRoomID(server spec.ServerName) string {
+	return "!" + randomID() + ":" + string(server)
 }
 
 func randomID() string {

@@ -62,13 +62,19 @@ func (r *Roomserver) UpgradeRoom(ctx context.Context, req api.UpgradeRoomRequest
 	if err != nil {
 		return "", err
 	}
-	newRoomID, err := r.CreateRoom(ctx, createReq)
-	if err != nil {
+	// When the new room's ID is ours to choose, the tombstone comes first
+	// and the new room's predecessor names it, as clients expect; a v12
+	// room's ID is its create event's hash, so there the room comes first.
+	tombstoneFirst := !newImpl.DomainlessRoomIDs()
+	var newRoomID string
+	if tombstoneFirst {
+		newRoomID = makeRoomID(r.serverName)
+		createReq.RoomID = newRoomID
+	} else if newRoomID, err = r.CreateRoom(ctx, createReq); err != nil {
 		return "", err
 	}
 
 	unlockOld := r.lockRoom(req.RoomID)
-	defer unlockOld()
 	err = r.inTx(ctx, func(t *txn) error {
 		old, err := r.loadRoom(ctx, t, req.RoomID)
 		if err != nil {
@@ -87,10 +93,16 @@ func (r *Roomserver) UpgradeRoom(ctx context.Context, req api.UpgradeRoomRequest
 			}
 		}
 		tombstone, _ := json.Marshal(map[string]string{"body": tombstoneBody, "replacement_room": newRoomID})
-		if _, err := r.sendLocal(ctx, t, old, api.NewEvent{
+		ts, err := r.sendLocal(ctx, t, old, api.NewEvent{
 			RoomID: req.RoomID, Sender: req.UserID, Type: mRoomTombstone, StateKey: &empty, Content: tombstone,
-		}); err != nil {
+		})
+		if err != nil {
 			return err
+		}
+		if tombstoneFirst {
+			if p, ok := createReq.CreateContent["predecessor"].(map[string]any); ok {
+				p["event_id"] = ts.EventID()
+			}
 		}
 		// Best effort, as the spec puts it ("if possible"): without the
 		// power to send these the upgrade still stands. A refused local
@@ -104,8 +116,14 @@ func (r *Roomserver) UpgradeRoom(ctx context.Context, req api.UpgradeRoomRequest
 		}
 		return nil
 	})
+	unlockOld()
 	if err != nil {
 		return "", err
+	}
+	if tombstoneFirst {
+		if _, err := r.CreateRoom(ctx, createReq); err != nil {
+			return "", err
+		}
 	}
 	return newRoomID, nil
 }

@@ -56,18 +56,28 @@ func (s *SyncAPI) messages(w http.ResponseWriter, r *http.Request, sess *account
 		}
 		filter = f
 	}
+	// Backfill hook (backfill.go): a from token inside history fetched
+	// from other servers ("b..." tokens) is served there.
+	if p, ok := parseBackfillToken(q.Get("from")); ok {
+		return s.backfillMessages(w, r, roomID, userID, backwards, limit, filter, p)
+	}
 	now := s.consumer.pos.Load()
 	from, err := tokenParam(q.Get("from"), now, backwards)
 	if err != nil {
 		return err
 	}
 	to := int64(-1)
+	var toBackfill *backfillPos // backfill hook: a to token inside fetched history
 	if v := q.Get("to"); v != "" {
-		t, err := ParseToken(v)
-		if err != nil {
-			return httputil.InvalidParam("to is not a token from this server")
+		if p, ok := parseBackfillToken(v); ok {
+			toBackfill = &p
+		} else {
+			t, err := ParseToken(v)
+			if err != nil {
+				return httputil.InvalidParam("to is not a token from this server")
+			}
+			to = t.PDU
 		}
-		to = t.PDU
 	}
 	if err := s.checkRoomAccess(ctx, roomID, userID); err != nil {
 		return err
@@ -119,13 +129,28 @@ func (s *SyncAPI) messages(w http.ResponseWriter, r *http.Request, sess *account
 			exhausted = true
 		}
 	}
+	// Backfill hook (backfill.go): backwards, once this server's history
+	// of the room has run out, go on with older history fetched from other
+	// servers; the end token then comes from there.
+	var backfillEnd *string
+	if backwards && exhausted && to < 0 && limit > 0 {
+		more, end, err := s.continueWithBackfill(ctx, roomID, userID, filter, limit-len(chunk), toBackfill)
+		if err != nil {
+			return err
+		}
+		chunk, backfillEnd = append(chunk, more...), &end
+	}
 	resp := map[string]any{
 		"start": Token{PDU: from}.String(),
 		"chunk": clientevent.FormatAll(chunk, clientevent.Options{}),
 	}
 	// Backwards, no end means the start of the room was reached. Forwards
 	// there is always an end: newer events may still come.
-	if (!exhausted && limit > 0) || !backwards {
+	if backfillEnd != nil {
+		if *backfillEnd != "" {
+			resp["end"] = *backfillEnd
+		}
+	} else if (!exhausted && limit > 0) || !backwards {
 		resp["end"] = Token{PDU: cursor}.String()
 	}
 	if filter != nil && filter.LazyLoadMembers {

@@ -171,6 +171,7 @@ func (s *SyncAPI) updatePresence(ctx context.Context, userID string, u presenceU
 	if err != nil || !changed {
 		return err
 	}
+	s.federatePresence(ctx, userID) // to servers sharing a room with the user (federation_edus.go)
 	return s.wakeRoomPeers(ctx, userID)
 }
 

@@ -219,6 +219,7 @@ func (s *SyncAPI) putReceipt(ctx context.Context, roomID, userID, receiptType, t
 	if err != nil || !changed {
 		return err
 	}
+	s.federateReceipt(ctx, roomID, userID, receiptType, threadID, eventID) // public ones to other servers (federation_edus.go)
 	if receiptType == receiptReadPrivate {
 		s.notifier.wake(userID)
 		return nil

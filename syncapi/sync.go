@@ -206,7 +206,9 @@ type leftRoom struct {
 func (r *syncResponse) empty() bool {
 	return len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 &&
 		len(r.Rooms.Knock) == 0 && len(r.AccountData.Events) == 0 && len(r.ToDevice.Events) == 0 &&
-		len(r.Presence.Events) == 0
+		len(r.Presence.Events) == 0 &&
+		// device list changes are news too (keys.go); key counts are not
+		len(r.DeviceLists.Changed) == 0 && len(r.DeviceLists.Left) == 0
 }
 
 // buildResponse assembles the answer from one consistent snapshot of the
@@ -268,6 +270,11 @@ func (s *SyncAPI) buildResponse(ctx context.Context, req *syncRequest) (*syncRes
 		return nil, err
 	}
 	if err := s.syncDeviceMessaging(ctx, req, since, &next, resp); err != nil {
+		return nil, err
+	}
+	// End-to-end encryption (keys.go): device_lists, one-time key counts,
+	// unused fallback key types; moves next.DeviceList.
+	if err := s.syncKeys(ctx, req, since, &next, resp); err != nil {
 		return nil, err
 	}
 	resp.NextBatch = next.String()
@@ -1024,6 +1031,11 @@ func (b *builder) invitedRoom(ctx context.Context, roomID string) (*invitedRoom,
 // strippedState is the room's stripped state plus the user's own
 // membership event.
 func (b *builder) strippedState(ctx context.Context, roomID string) (eventList, error) {
+	// An invite or knock through another server brings the room's
+	// stripped state with it (remotestate.go).
+	if remote, ok, err := b.remoteStrippedState(ctx, roomID); ok || err != nil {
+		return remote, err
+	}
 	out := eventList{Events: []any{}}
 	keys := make([]stateKeyTuple, 0, len(strippedStateTypes)+1)
 	for _, t := range strippedStateTypes {

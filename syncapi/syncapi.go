@@ -40,10 +40,16 @@ type SyncAPI struct {
 	consumer   *consumer
 	rs         Roomserver
 	typing     *typingState
+	// edus hands our users' EDUs to other servers (federation_edus.go);
+	// nil without federation.
+	edus EDUSender
+	// keys is the key server, for device lists and key counts (keys.go);
+	// nil without end-to-end encryption.
+	keys KeyServer
 }
 
 // New opens the sync API's storage. Start must be called to consume events.
-func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, accts Accounts) (*SyncAPI, error) {
+func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, accts Accounts, opts ...Option) (*SyncAPI, error) {
 	if err := db.Migrate(ctx, component, migrations); err != nil {
 		return nil, err
 	}
@@ -54,12 +60,16 @@ func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, 
 	}
 	s := &SyncAPI{db: db, serverName: serverName, accounts: accts, notifier: n, consumer: c, rs: rs}
 	s.typing = newTypingState(s.wakeRoom)
+	for _, o := range opts { // options: federation_edus.go
+		o(s)
+	}
 	return s, nil
 }
 
 // Start consumes the roomserver's output until ctx ends.
 func (s *SyncAPI) Start(ctx context.Context) {
 	go s.consumer.run(ctx)
+	s.startKeys(ctx) // keys.go: wakes room-mates of users whose device lists change
 }
 
 // WakeUser wakes a user's long-polling syncs, for changes other components

@@ -137,6 +137,7 @@ func (s *SyncAPI) sendToDevice(w http.ResponseWriter, r *http.Request, sess *acc
 		return err
 	}
 	if !repeated {
+		s.federateToDevice(ctx, sender, evType, body.Messages) // remote users' messages to their servers (federation_edus.go)
 		woken := map[string]bool{}
 		for _, m := range msgs {
 			if !woken[m.userID] {
@@ -168,8 +169,8 @@ func (s *SyncAPI) toDeviceRecipients(ctx context.Context, log *logrus.Entry, mes
 		}
 		if id.Server != s.serverName {
 			// Remote users' devices are reached over federation (an
-			// m.direct_to_device EDU), which is not there yet.
-			log.WithField("user_id", u).Debug("send-to-device to a remote user skipped")
+			// m.direct_to_device EDU: federateToDevice).
+			log.WithField("user_id", u).Debug("send-to-device to a remote user left to federation")
 			continue
 		}
 		perDevice := messages[u]

@@ -169,6 +169,7 @@ func (s *SyncAPI) setTyping(w http.ResponseWriter, r *http.Request, sess *accoun
 		return err
 	}
 	s.typing.set(roomID, self, *body.Typing, timeout)
+	s.federateTyping(r.Context(), roomID, self, *body.Typing) // to other servers in the room (federation_edus.go)
 	httputil.WriteJSON(w, http.StatusOK, struct{}{})
 	return nil
 }

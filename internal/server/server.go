@@ -22,6 +22,7 @@ import (
 	"github.com/plexus-chat/plexus/internal/config"
 	"github.com/plexus-chat/plexus/internal/httputil"
 	"github.com/plexus-chat/plexus/internal/signingkey"
+	"github.com/plexus-chat/plexus/keyserver"
 	"github.com/plexus-chat/plexus/roomserver"
 	"github.com/plexus-chat/plexus/storage"
 	"github.com/plexus-chat/plexus/syncapi"
@@ -36,6 +37,8 @@ type Server struct {
 	Roomserver *roomserver.Roomserver
 	Sync       *syncapi.SyncAPI
 	Federation *federationapi.FederationAPI
+	Keys       *keyserver.KeyServer  // end-to-end encryption keys and key backup
+	Sender     *federationapi.Sender // outbound transactions
 	Handler    http.Handler
 
 	// TLSListener, when set before Listen, is used for listen.tls instead
@@ -75,20 +78,58 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
-	sync, err := syncapi.New(ctx, db, cfg.ServerName, rs, accts)
-	if err != nil {
-		db.Close()
-		return nil, err
-	}
 	fed, err := federationapi.New(ctx, cfg, db, key)
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
+	// Transactions: the sender is built before the sync API, which hands it
+	// our users' EDUs; the inbound handler after, as it hands the sync API
+	// other servers' EDUs (federationapi/sender*.go, transaction*.go).
+	sender, err := federationapi.NewSender(ctx, fed, rs)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	// End-to-end encryption keys (keyserver/): /sync reads its device list
+	// stream and key counts, the client API serves /keys/* and /room_keys/*.
+	keys, err := keyserver.New(ctx, db, cfg.ServerName, accts)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	sync, err := syncapi.New(ctx, db, cfg.ServerName, rs, accts, syncapi.WithEDUSender(sender), syncapi.WithKeyServer(keys))
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	federationapi.NewTransactionHandler(fed, federationapi.TransactionDeps{Roomserver: rs, EDUs: sync, Sender: sender})
+	// Backfill on /messages from other servers (syncapi/backfill.go).
+	if err := sync.EnableBackfill(ctx, syncapi.BackfillConfig{ServerName: fed.ServerName(), Rooms: rs, Federation: fed.Client(), KeyRing: fed.KeyRing()}); err != nil {
+		db.Close()
+		return nil, err
+	}
 	bg, stop := context.WithCancel(context.Background())
 	sync.Start(bg)
+	sender.Start(bg)
 	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs, Sync: sync, Federation: fed, stop: stop}
+	s.Sender = sender
 	client := clientapi.New(cfg, accts, rs, sync)
+	s.Keys = keys
+	client.SetKeyServer(keys, sync)
+	// Read endpoints for other servers and OpenID tokens (federationapi/reads*.go, clientapi/openid.go).
+	fed.RegisterReads(rs, accts)
+	client.SetOpenIDTokenIssuer(fed.OpenIDTokens())
+	// Membership handshakes over federation, both directions (federationapi/membership*.go).
+	membership := federationapi.NewMembership(fed, rs, func(ctx context.Context, localpart string) (bool, error) {
+		acc, err := accts.Account(ctx, localpart)
+		if errors.Is(err, accounts.ErrNotFound) {
+			return false, nil
+		}
+		return err == nil && !acc.Deactivated, err
+	})
+	membership.SetForwarder(sender)
+	client.SetRemoteMembership(membership)
 	s.Handler = s.routes(client)
 	return s, nil
 }
@@ -192,6 +233,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.stop()
+	s.Sender.Wait() // its queue workers use the database
 	s.Federation.Close()
 	if err := s.DB.Close(); err != nil && first == nil {
 		first = err

@@ -27,7 +27,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/tidwall/gjson"
 
@@ -44,6 +43,8 @@ type Server struct {
 	// TLSURL is https://<address> of the TLS listener, when there is one.
 	TLSURL string
 	t      testing.TB
+	// done receives Serve's result; nil while stopped (restart.go).
+	done chan error
 }
 
 // Option changes the config before the server starts.
@@ -105,20 +106,11 @@ func start(t testing.TB, cfg config.Config, tlsLn net.Listener, opts ...Option) 
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	s := &Server{URL: "http://" + srv.HTTPAddr, Config: &cfg, Server: srv, t: t}
+	s := &Server{URL: "http://" + srv.HTTPAddr, Config: &cfg, Server: srv, t: t, done: done}
 	if srv.TLSAddr != "" {
 		s.TLSURL = "https://" + srv.TLSAddr
 	}
+	t.Cleanup(s.shutdown) // the server running then, after any Restart (restart.go)
 	return s
 }
 

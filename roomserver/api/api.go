@@ -67,6 +67,10 @@ type StateEvent struct {
 // CreateRoomRequest describes a new room: the create event's content and
 // the state events that follow the creator's join, in order.
 type CreateRoomRequest struct {
+	// RoomID, when set, is the ID to give the room, in room versions whose
+	// IDs are not derived from the create event (an upgrade names the new
+	// room in the old one's tombstone before creating it).
+	RoomID        string
 	Version       gomatrixserverlib.RoomVersion
 	Creator       string // full user ID
 	CreateContent map[string]any
@@ -179,8 +183,9 @@ type RoomserverAPI interface {
 	Aliases
 	Directory // directory and room upgrades: see the block below
 	Upgrader
-	UserReader    // history visibility: see the block below
-	MembershipAPI // restricted joins and forgotten rooms: see the block below
+	UserReader             // history visibility: see the block below
+	MembershipAPI          // restricted joins and forgotten rooms: see the block below
+	FederationInputQuerier // federation transactions: see the block at the end
 }
 
 // ---- Published room directory and room upgrades (roomserver/directory.go,
@@ -350,4 +355,129 @@ type RemoteInputter interface {
 	// (events stored first with InputOutliers): the event of a join through
 	// another server, or an event after a gap that could not be filled.
 	InputEventWithState(ctx context.Context, pdu gomatrixserverlib.PDU, state []gomatrixserverlib.PDU) (InputResult, error)
+}
+
+// ---- Reading rooms as another server: the federation read endpoints
+// (/backfill, /get_missing_events, /state, /state_ids, /event, /event_auth,
+// /timestamp_to_event, /query/directory) and server ACLs
+// (roomserver/federation_reads.go, roomserver/federation_acl.go) ----
+
+// FederationReader reads rooms the way the history visibility rules and
+// server ACLs let another server see them. Servers are named as in user
+// IDs (with any port).
+type FederationReader interface {
+	// ServerCanSee reports for each event whether the server may see it:
+	// whether one of its users could, by the spec's rules at the state
+	// before the event (world_readable; a user joined then; invited then
+	// in an invited room; in a shared room, a user joined then or now),
+	// with the before-or-after rule for history visibility events and the
+	// server's users' own membership events. Events judged on the room's
+	// current state: outliers (no state known). Never visible: rejected,
+	// soft-failed and unknown events.
+	ServerCanSee(ctx context.Context, server string, events []gomatrixserverlib.PDU) ([]bool, error)
+	// ServerParticipates reports whether a user of the server is joined
+	// or invited now, or the room is world_readable now; ErrRoomNotFound.
+	ServerParticipates(ctx context.Context, roomID, server string) (bool, error)
+	// ServerMayReadStateAt reports whether the server had a joined user
+	// in the state before the event (or the event is the join of one of
+	// its users), or the room was world_readable there. ErrEventNotFound
+	// for events not in the room or whose state is unknown (outliers).
+	ServerMayReadStateAt(ctx context.Context, roomID, eventID, server string) (bool, error)
+	// ServerACLAllows applies the room's current m.room.server_acl to a
+	// server name; true when there is none. ErrRoomNotFound.
+	ServerACLAllows(ctx context.Context, roomID, server string) (bool, error)
+	// ResidentServers lists the servers of the room's joined members,
+	// sorted; ErrRoomNotFound.
+	ResidentServers(ctx context.Context, roomID string) ([]string, error)
+	// BackfillEvents walks back from the given events along prev_events,
+	// deepest first, and returns up to limit events (the given ones
+	// included), deepest first. Unknown events, events of other rooms,
+	// rejected and soft-failed events are skipped. ErrRoomNotFound.
+	BackfillEvents(ctx context.Context, roomID string, from []string, limit int) ([]gomatrixserverlib.PDU, error)
+	// MissingEventsBetween walks breadth-first from the prev_events of
+	// latest, never into earliest or below minDepth, and returns up to
+	// limit events, oldest (least deep) first. ErrRoomNotFound.
+	MissingEventsBetween(ctx context.Context, roomID string, earliest, latest []string, limit int, minDepth int64) ([]gomatrixserverlib.PDU, error)
+	// StateBeforeEventWithAuthChain returns the state before an event of
+	// the room and the auth chain of that state. ErrEventNotFound for
+	// events not in the room or whose state is unknown.
+	StateBeforeEventWithAuthChain(ctx context.Context, roomID, eventID string) (stateEvents, authChain []gomatrixserverlib.PDU, err error)
+	// EventAuthChain returns the auth chain of an event of the room (its
+	// auth events, theirs, and so on, and the create event);
+	// ErrEventNotFound.
+	EventAuthChain(ctx context.Context, roomID, eventID string) ([]gomatrixserverlib.PDU, error)
+	// EventAtTimestampForServer is EventAtTimestamp for what a server may
+	// see (ServerCanSee).
+	EventAtTimestampForServer(ctx context.Context, roomID, server string, ts int64, forward bool) (gomatrixserverlib.PDU, error)
+}
+
+// ---- Federation transactions: what the inbound transaction handler asks
+// around InputRemoteEvent (roomserver/federationinput.go). The sender and
+// the handler also use FederationReader's ResidentServers and
+// ServerACLAllows. ----
+
+// FederationInputQuerier finds what an event from another server lacks.
+type FederationInputQuerier interface {
+	// ForwardExtremities returns the IDs of the room's forward
+	// extremities, deepest first; ErrRoomNotFound.
+	ForwardExtremities(ctx context.Context, roomID string) ([]string, error)
+	// StoredEvents returns, by ID, the events among eventIDs stored in any
+	// form (outliers, rejected and soft-failed events too); those left out
+	// are unknown. At most 10000 IDs at once.
+	StoredEvents(ctx context.Context, eventIDs []string) (map[string]gomatrixserverlib.PDU, error)
+	// CheckAuthEvents applies the auth rules to an event at the auth
+	// events it names (the spec's check 4 on receipt of a PDU). It returns
+	// the auth events not stored, for the caller to fetch first, or a
+	// *NotAllowedError when the event must be rejected (an auth event
+	// rejected, of another room, listed twice for one type and state key,
+	// or not one the auth events selection names; or the rules refuse it).
+	CheckAuthEvents(ctx context.Context, pdu gomatrixserverlib.PDU) (missing []string, err error)
+}
+
+// ---- Membership handshakes with other servers: make_join/send_join,
+// make_leave/send_leave, make_knock/send_knock and invites, in both
+// directions (roomserver/federation_membership.go). The federation API
+// also uses RemoteInputter and FederationReader's ResidentServers and
+// StateBeforeEventWithAuthChain. ----
+
+// FederationMembership is what the membership handshakes need from the
+// roomserver.
+type FederationMembership interface {
+	// MembershipTemplate builds a remote user's m.room.member event about
+	// themselves with the given content at the room's current state and
+	// checks it against the auth rules there (*NotAllowedError); it
+	// returns the event JSON without hashes, signatures and event ID, for
+	// make_join, make_leave and make_knock, and the room version.
+	// ErrRoomNotFound.
+	MembershipTemplate(ctx context.Context, roomID, userID string, content json.RawMessage) (json.RawMessage, gomatrixserverlib.RoomVersion, error)
+	// BuildMembershipEvent builds and signs a local user's m.room.member
+	// event at the room's current state and checks it against the auth
+	// rules, without storing it: an invite of a remote user, which the
+	// invitee's server signs before it is stored. *NotAllowedError,
+	// *BadEventError, ErrRoomNotFound.
+	BuildMembershipEvent(ctx context.Context, ev NewEvent) (gomatrixserverlib.PDU, error)
+	// InputRemoteJoin stores a local user's join made through another
+	// server with the state before it (stored first with InputOutliers).
+	// Unlike InputEventWithState it does not soft-fail the join against
+	// a state left from an earlier stay in the room, whose forward
+	// extremities it drops when no local user was joined.
+	InputRemoteJoin(ctx context.Context, join gomatrixserverlib.PDU, state []gomatrixserverlib.PDU) (InputResult, error)
+	// InputOutOfBandMembership stores a membership event about a local
+	// user in a room this server may not be in: an invite from another
+	// server (with unsigned.invite_room_state), or a knock (with
+	// unsigned.knock_room_state) or leave sent through another server.
+	// When a local user is joined and the event's prev events are known it
+	// is input like InputRemoteEvent (*NotAllowedError when refused);
+	// otherwise it is stored without state, becomes the user's membership
+	// and enters the output stream adding itself to the room's current
+	// state and removing the user's previous membership event (the
+	// roomserver's own state snapshot is untouched). The room's row is
+	// made if needed. Storing an event twice changes nothing.
+	InputOutOfBandMembership(ctx context.Context, pdu gomatrixserverlib.PDU) error
+	// RetireMembership ends a local user's invite or knock in a room this
+	// server is not in without telling any server (none could be
+	// reached): a leave built on top of it, stored out of band and never
+	// sent. *NotAllowedError when the user is not invited or knocking;
+	// ErrRoomNotFound.
+	RetireMembership(ctx context.Context, roomID, userID, reason string) (gomatrixserverlib.PDU, error)
 }

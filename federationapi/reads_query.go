@@ -1,0 +1,382 @@
+package federationapi
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/matrix-org/gomatrixserverlib/fclient"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/plexus-chat/plexus/accounts"
+	"github.com/plexus-chat/plexus/internal/config"
+	"github.com/plexus-chat/plexus/internal/httputil"
+	"github.com/plexus-chat/plexus/internal/mxid"
+	rsapi "github.com/plexus-chat/plexus/roomserver/api"
+)
+
+// Queries other servers make about our users and rooms: /query/profile,
+// /query/directory, /publicRooms, /user/devices and the E2EE key
+// endpoints (empty until the key server exists).
+
+// localUser parses a user ID and returns its localpart when it is one of
+// ours: 400 when it is not a user ID, 404 when it is someone else's.
+func (h *readsAPI) localUser(userID string) (string, error) {
+	uid, err := mxid.ParseUserID(userID)
+	if err != nil {
+		return "", httputil.InvalidParam("Invalid user ID: %v", err)
+	}
+	// Local localparts are stored lower-case and user IDs are
+	// case-sensitive: @Alice is not @alice.
+	if uid.Server != string(h.f.ServerName()) || uid.Localpart != strings.ToLower(uid.Localpart) {
+		return "", httputil.NotFound("User %s is not a user of this server", userID)
+	}
+	return uid.Localpart, nil
+}
+
+// queryProfile serves GET /query/profile?user_id=&field=.
+func (h *readsAPI) queryProfile(w http.ResponseWriter, r *http.Request, _ *fclient.FederationRequest, _ spec.ServerName) error {
+	q := r.URL.Query()
+	userID := q.Get("user_id")
+	if userID == "" {
+		return httputil.MissingParam("user_id is required")
+	}
+	localpart, err := h.localUser(userID)
+	if err != nil {
+		return err
+	}
+	field := q.Get("field")
+	switch field {
+	case "", "displayname", "avatar_url", "m.tz":
+	default:
+		// Only these fields exist here (the accounts component stores no
+		// custom fields).
+		return httputil.NotFound("Profile field %s not found", field)
+	}
+	p, err := h.accounts.Profile(r.Context(), localpart)
+	if errors.Is(err, accounts.ErrNotFound) {
+		return httputil.NotFound("Profile not found")
+	}
+	if err != nil {
+		return err
+	}
+	// Unset fields are left out, as the spec allows.
+	resp := map[string]string{}
+	if p.DisplayName != "" && (field == "" || field == "displayname") {
+		resp["displayname"] = p.DisplayName
+	}
+	if p.AvatarURL != "" && (field == "" || field == "avatar_url") {
+		resp["avatar_url"] = p.AvatarURL
+	}
+	httputil.WriteJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+// readsAliasServer checks an alias's grammar (#localpart:server, at most
+// 255 bytes) and returns its server.
+func readsAliasServer(alias string) (string, bool) {
+	if len(alias) > 255 || !strings.HasPrefix(alias, "#") {
+		return "", false
+	}
+	local, server, ok := strings.Cut(alias[1:], ":")
+	if !ok || local == "" || config.ValidateServerName(server) != nil {
+		return "", false
+	}
+	return server, true
+}
+
+// queryDirectory serves GET /query/directory?room_alias=: the room of one
+// of our aliases and the servers in it.
+func (h *readsAPI) queryDirectory(w http.ResponseWriter, r *http.Request, _ *fclient.FederationRequest, _ spec.ServerName) error {
+	alias := r.URL.Query().Get("room_alias")
+	if alias == "" {
+		return httputil.MissingParam("room_alias is required")
+	}
+	server, ok := readsAliasServer(alias)
+	if !ok {
+		return httputil.InvalidParam("Invalid room alias")
+	}
+	ctx := r.Context()
+	roomID := ""
+	if server == string(h.f.ServerName()) {
+		var err error
+		if roomID, err = h.rooms.ResolveAlias(ctx, alias); err != nil {
+			return err
+		}
+	}
+	if roomID == "" {
+		return httputil.NotFound("Room alias %s not found", alias)
+	}
+	residents, err := h.rooms.ResidentServers(ctx, roomID)
+	if err != nil && !errors.Is(err, rsapi.ErrRoomNotFound) {
+		return err
+	}
+	// Our server first when it is in the room (or when nobody is, as the
+	// server that knows the alias); then the other residents.
+	own := string(h.f.ServerName())
+	var servers []string
+	if len(residents) == 0 || slices.Contains(residents, own) {
+		servers = append(servers, own)
+	}
+	for _, s := range residents {
+		if s != own {
+			servers = append(servers, s)
+		}
+	}
+	httputil.WriteJSON(w, http.StatusOK, map[string]any{"room_id": roomID, "servers": servers})
+	return nil
+}
+
+// Page sizes of /publicRooms.
+const (
+	readsDefaultPublicRooms = 100
+	readsMaxPublicRooms     = 500
+)
+
+// readsPublicRoomsRequest is what both forms of /publicRooms ask.
+type readsPublicRoomsRequest struct {
+	Limit  int    `json:"limit"`
+	Since  string `json:"since"`
+	Filter struct {
+		GenericSearchTerm string `json:"generic_search_term"`
+		// RoomTypes holds null for rooms without a type.
+		RoomTypes []*string `json:"room_types"`
+	} `json:"filter"`
+	IncludeAllNetworks   bool   `json:"include_all_networks"`
+	ThirdPartyInstanceID string `json:"third_party_instance_id"`
+}
+
+func (h *readsAPI) publicRoomsGET(w http.ResponseWriter, r *http.Request, _ *fclient.FederationRequest, _ spec.ServerName) error {
+	q := r.URL.Query()
+	req := readsPublicRoomsRequest{Since: q.Get("since"), ThirdPartyInstanceID: q.Get("third_party_instance_id")}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return httputil.InvalidParam("limit must be an integer")
+		}
+		req.Limit = n
+	}
+	switch q.Get("include_all_networks") {
+	case "", "false":
+	case "true":
+		req.IncludeAllNetworks = true
+	default:
+		return httputil.InvalidParam("include_all_networks must be true or false")
+	}
+	return h.publicRooms(w, r, &req)
+}
+
+func (h *readsAPI) publicRoomsPOST(w http.ResponseWriter, r *http.Request, fr *fclient.FederationRequest, _ spec.ServerName) error {
+	var req readsPublicRoomsRequest
+	if err := httputil.DecodeJSONObject(fr.Content(), &req); err != nil {
+		return err
+	}
+	return h.publicRooms(w, r, &req)
+}
+
+// readsPublicRoom is one room of /publicRooms, in the client API's shape.
+type readsPublicRoom struct {
+	RoomID           string `json:"room_id"`
+	Name             string `json:"name,omitempty"`
+	Topic            string `json:"topic,omitempty"`
+	CanonicalAlias   string `json:"canonical_alias,omitempty"`
+	AvatarURL        string `json:"avatar_url,omitempty"`
+	JoinRule         string `json:"join_rule,omitempty"`
+	RoomType         string `json:"room_type,omitempty"`
+	NumJoinedMembers int    `json:"num_joined_members"`
+	WorldReadable    bool   `json:"world_readable"`
+	GuestCanJoin     bool   `json:"guest_can_join"`
+}
+
+// publicRooms answers /publicRooms with our published rooms, most joined
+// members first. A page token names a room's place in that order (its
+// member count and ID) and the direction, so rooms entering or leaving
+// the list between requests shift nothing.
+func (h *readsAPI) publicRooms(w http.ResponseWriter, r *http.Request, req *readsPublicRoomsRequest) error {
+	if req.IncludeAllNetworks && req.ThirdPartyInstanceID != "" {
+		return httputil.InvalidParam("third_party_instance_id cannot be used with include_all_networks")
+	}
+	limit := req.Limit
+	switch {
+	case limit < 0:
+		return httputil.InvalidParam("limit must not be negative")
+	case limit == 0:
+		limit = readsDefaultPublicRooms
+	}
+	limit = min(limit, readsMaxPublicRooms)
+	var since *readsDirectoryToken
+	if req.Since != "" {
+		t, ok := parseReadsDirectoryToken(req.Since)
+		if !ok {
+			return httputil.InvalidParam("Invalid pagination token")
+		}
+		since = &t
+	}
+	resp := map[string]any{"chunk": []readsPublicRoom{}, "total_room_count_estimate": 0}
+	// No application services, hence no third-party networks.
+	if req.ThirdPartyInstanceID != "" {
+		httputil.WriteJSON(w, http.StatusOK, resp)
+		return nil
+	}
+	filter := rsapi.PublicRoomsFilter{SearchTerm: req.Filter.GenericSearchTerm}
+	for _, t := range req.Filter.RoomTypes {
+		if t == nil {
+			filter.RoomTypes = append(filter.RoomTypes, "")
+		} else {
+			filter.RoomTypes = append(filter.RoomTypes, *t)
+		}
+	}
+	rooms, err := h.rooms.PublicRooms(r.Context(), filter)
+	if err != nil {
+		return err
+	}
+	start, end := 0, min(limit, len(rooms))
+	if since != nil {
+		pos := since.position(rooms)
+		if since.forward {
+			start, end = pos, min(pos+limit, len(rooms))
+		} else {
+			start, end = max(0, pos-limit), pos
+		}
+	}
+	chunk := make([]readsPublicRoom, 0, end-start)
+	for _, p := range rooms[start:end] {
+		chunk = append(chunk, readsPublicRoom{
+			RoomID: p.RoomID, Name: p.Name, Topic: p.Topic, CanonicalAlias: p.CanonicalAlias,
+			AvatarURL: p.AvatarURL, JoinRule: p.JoinRule, RoomType: p.RoomType,
+			NumJoinedMembers: p.NumJoinedMembers, WorldReadable: p.WorldReadable, GuestCanJoin: p.GuestCanJoin,
+		})
+	}
+	resp["chunk"] = chunk
+	resp["total_room_count_estimate"] = len(rooms)
+	if end < len(rooms) {
+		resp["next_batch"] = readsDirectoryToken{forward: true, joined: rooms[end].NumJoinedMembers, roomID: rooms[end].RoomID}.String()
+	}
+	if start > 0 && start < len(rooms) {
+		resp["prev_batch"] = readsDirectoryToken{joined: rooms[start].NumJoinedMembers, roomID: rooms[start].RoomID}.String()
+	}
+	httputil.WriteJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+// readsDirectoryToken is a /publicRooms page token: a place in the
+// directory's order and which way the page goes from it.
+type readsDirectoryToken struct {
+	forward bool
+	joined  int
+	roomID  string
+}
+
+// String encodes the token as "n" or "p", the member count, ":" and the
+// room ID, in unpadded URL-safe base64.
+func (t readsDirectoryToken) String() string {
+	dir := "p"
+	if t.forward {
+		dir = "n"
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(dir + strconv.Itoa(t.joined) + ":" + t.roomID))
+}
+
+func parseReadsDirectoryToken(s string) (readsDirectoryToken, bool) {
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(raw) == 0 || (raw[0] != 'n' && raw[0] != 'p') {
+		return readsDirectoryToken{}, false
+	}
+	count, roomID, ok := strings.Cut(string(raw[1:]), ":")
+	n, err := strconv.Atoi(count)
+	if !ok || err != nil || n < 0 || !strings.HasPrefix(roomID, "!") {
+		return readsDirectoryToken{}, false
+	}
+	return readsDirectoryToken{forward: raw[0] == 'n', joined: n, roomID: roomID}, true
+}
+
+// position is how many rooms come before the token's place.
+func (t readsDirectoryToken) position(rooms []rsapi.PublicRoom) int {
+	n := 0
+	for _, p := range rooms {
+		if p.NumJoinedMembers > t.joined || p.NumJoinedMembers == t.joined && p.RoomID < t.roomID {
+			n++
+		}
+	}
+	return n
+}
+
+// readsDevice is one device of /user/devices.
+type readsDevice struct {
+	DeviceID    string `json:"device_id"`
+	DisplayName string `json:"device_display_name,omitempty"`
+	// Keys (the device's identity keys, which the spec requires) are left
+	// out: they come with the key server, which will fill them in here.
+	Keys json.RawMessage `json:"keys,omitempty"`
+}
+
+// userDevices serves GET /user/devices/{userId}.
+func (h *readsAPI) userDevices(w http.ResponseWriter, r *http.Request, _ *fclient.FederationRequest, _ spec.ServerName) error {
+	userID := httputil.Vars(r)["userId"]
+	localpart, err := h.localUser(userID)
+	if err != nil {
+		return err
+	}
+	ctx := r.Context()
+	acc, err := h.accounts.Account(ctx, localpart)
+	if errors.Is(err, accounts.ErrNotFound) || (err == nil && acc.Deactivated) {
+		return httputil.NotFound("User %s not found", userID)
+	}
+	if err != nil {
+		return err
+	}
+	devices, err := h.accounts.Devices(ctx, localpart)
+	if err != nil {
+		return err
+	}
+	out := make([]readsDevice, 0, len(devices))
+	for _, d := range devices {
+		out = append(out, readsDevice{DeviceID: d.DeviceID, DisplayName: d.DisplayName})
+	}
+	httputil.WriteJSON(w, http.StatusOK, map[string]any{
+		"user_id": userID,
+		// The version of the device list in m.device_list_update EDUs:
+		// none are sent until the key server exists, so 0.
+		"stream_id": 0,
+		"devices":   out,
+	})
+	return nil
+}
+
+// userKeysQuery serves POST /user/keys/query. Until the key server exists
+// no user has device keys: the answer is empty. The key server will fill
+// it (and master/self-signing keys).
+func (h *readsAPI) userKeysQuery(w http.ResponseWriter, r *http.Request, req *fclient.FederationRequest, _ spec.ServerName) error {
+	var body struct {
+		DeviceKeys map[string][]string `json:"device_keys"`
+	}
+	if err := httputil.DecodeJSONObject(req.Content(), &body); err != nil {
+		return err
+	}
+	if body.DeviceKeys == nil {
+		return httputil.BadJSON("device_keys is required")
+	}
+	httputil.WriteJSON(w, http.StatusOK, map[string]any{"device_keys": map[string]any{}})
+	return nil
+}
+
+// userKeysClaim serves POST /user/keys/claim. Until the key server exists
+// there are no one-time keys to claim: the answer is empty, which the key
+// server will fill.
+func (h *readsAPI) userKeysClaim(w http.ResponseWriter, r *http.Request, req *fclient.FederationRequest, _ spec.ServerName) error {
+	var body struct {
+		OneTimeKeys map[string]map[string]string `json:"one_time_keys"`
+	}
+	if err := httputil.DecodeJSONObject(req.Content(), &body); err != nil {
+		return err
+	}
+	if body.OneTimeKeys == nil {
+		return httputil.BadJSON("one_time_keys is required")
+	}
+	httputil.WriteJSON(w, http.StatusOK, map[string]any{"one_time_keys": map[string]any{}})
+	return nil
+}

@@ -1,0 +1,643 @@
+package keyserver
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Key algorithms of one-time and fallback keys this server accepts.
+const (
+	algSignedCurve25519 = "signed_curve25519"
+	algCurve25519       = "curve25519" // an unsigned key: a bare string
+)
+
+// deviceKeys is the part of a device_keys object the server checks.
+type deviceKeys struct {
+	UserID     string            `json:"user_id"`
+	DeviceID   string            `json:"device_id"`
+	Algorithms []string          `json:"algorithms"`
+	Keys       map[string]string `json:"keys"`
+}
+
+// parsedDeviceKeys are checked device keys ready to store.
+type parsedDeviceKeys struct {
+	canonical []byte
+	ed25519   string
+}
+
+// parseDeviceKeys checks device keys: they are the device's own, hold its
+// ed25519 key and are signed by it.
+func parseDeviceKeys(raw json.RawMessage, userID, deviceID string) (*parsedDeviceKeys, error) {
+	canonical, err := canonicalObject(raw)
+	if err != nil {
+		return nil, newErr(CodeInvalidParam, "device_keys: %v", err)
+	}
+	var dk deviceKeys
+	if err := json.Unmarshal(canonical, &dk); err != nil {
+		return nil, newErr(CodeInvalidParam, "device_keys: %v", err)
+	}
+	if dk.UserID != userID {
+		return nil, newErr(CodeInvalidParam, "device_keys.user_id must be %s", userID)
+	}
+	if dk.DeviceID != deviceID {
+		return nil, newErr(CodeInvalidParam, "device_keys.device_id must be %s", deviceID)
+	}
+	if len(dk.Algorithms) == 0 {
+		return nil, newErr(CodeInvalidParam, "device_keys.algorithms is required")
+	}
+	keyID := "ed25519:" + deviceID
+	ed := dk.Keys[keyID]
+	if ed == "" {
+		return nil, newErr(CodeInvalidParam, "device_keys.keys must hold %s", keyID)
+	}
+	if _, err := decodeKey(ed); err != nil {
+		return nil, newErr(CodeInvalidParam, "device_keys.keys.%s: %v", keyID, err)
+	}
+	if err := verify(canonical, userID, keyID, ed); err != nil {
+		return nil, newErr(CodeInvalidSignature, "device_keys: signature by %s does not verify", keyID)
+	}
+	return &parsedDeviceKeys{canonical: canonical, ed25519: ed}, nil
+}
+
+// oneTimeKey is a checked one-time or fallback key.
+type oneTimeKey struct {
+	keyID, algorithm string
+	canonical        []byte
+	signed           bool
+}
+
+// parseOneTimeKeys checks the key IDs and formats of one-time or
+// fallback keys (field names the request field for errors). Signatures
+// are checked later, against the device's ed25519 key.
+func parseOneTimeKeys(keys map[string]json.RawMessage, field string) ([]oneTimeKey, error) {
+	out := make([]oneTimeKey, 0, len(keys))
+	for _, keyID := range sortedKeys(keys) {
+		alg, id, ok := strings.Cut(keyID, ":")
+		if !ok || alg == "" || id == "" {
+			return nil, newErr(CodeInvalidParam, "%s: key ID %q is not algorithm:key_id", field, keyID)
+		}
+		raw := keys[keyID]
+		k := oneTimeKey{keyID: keyID, algorithm: alg}
+		switch alg {
+		case algSignedCurve25519:
+			canonical, err := canonicalObject(raw)
+			if err != nil {
+				return nil, newErr(CodeInvalidParam, "%s.%s: %v", field, keyID, err)
+			}
+			var obj struct {
+				Key string `json:"key"`
+			}
+			if err := json.Unmarshal(canonical, &obj); err != nil || obj.Key == "" {
+				return nil, newErr(CodeInvalidParam, "%s.%s: key is required", field, keyID)
+			}
+			if _, err := decodeKey(obj.Key); err != nil {
+				return nil, newErr(CodeInvalidParam, "%s.%s: %v", field, keyID, err)
+			}
+			k.canonical, k.signed = canonical, true
+		case algCurve25519:
+			var s string
+			if err := json.Unmarshal(raw, &s); err != nil {
+				return nil, newErr(CodeInvalidParam, "%s.%s: a curve25519 key is a string", field, keyID)
+			}
+			if _, err := decodeKey(s); err != nil {
+				return nil, newErr(CodeInvalidParam, "%s.%s: %v", field, keyID, err)
+			}
+			k.canonical, _ = json.Marshal(s)
+		default:
+			return nil, newErr(CodeInvalidParam, "%s: unknown key algorithm %q", field, alg)
+		}
+		out = append(out, k)
+	}
+	return out, nil
+}
+
+func isNull(raw json.RawMessage) bool {
+	t := bytes.TrimSpace(raw)
+	return len(t) == 0 || string(t) == "null"
+}
+
+// UploadKeys implements API.
+func (k *KeyServer) UploadKeys(ctx context.Context, req UploadRequest) (map[string]int, error) {
+	var dk *parsedDeviceKeys
+	if !isNull(req.DeviceKeys) {
+		var err error
+		if dk, err = parseDeviceKeys(req.DeviceKeys, req.UserID, req.DeviceID); err != nil {
+			return nil, err
+		}
+	}
+	otks, err := parseOneTimeKeys(req.OneTimeKeys, "one_time_keys")
+	if err != nil {
+		return nil, err
+	}
+	fallbacks, err := parseOneTimeKeys(req.FallbackKeys, "fallback_keys")
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, f := range fallbacks {
+		if seen[f.algorithm] {
+			return nil, newErr(CodeInvalidParam, "fallback_keys: at most one key per algorithm")
+		}
+		seen[f.algorithm] = true
+	}
+	var counts map[string]int
+	err = k.withChanges(ctx, func(tx *sql.Tx, c *changes) error {
+		var stored []byte
+		var ed string
+		var storedJSON string
+		err := tx.QueryRowContext(ctx, sqlSelectDeviceKey, req.UserID, req.DeviceID).Scan(&storedJSON, &ed)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		if err == nil {
+			stored = []byte(storedJSON)
+		}
+		if dk != nil {
+			ed = dk.ed25519
+		}
+		// One-time and fallback keys are signed by the device's key: the
+		// one uploaded now, or the one stored.
+		for _, key := range append(append([]oneTimeKey(nil), otks...), fallbacks...) {
+			if !key.signed {
+				continue
+			}
+			if ed == "" {
+				return newErr(CodeInvalidParam, "upload the device's keys before signed one-time keys")
+			}
+			if err := verify(key.canonical, req.UserID, "ed25519:"+req.DeviceID, ed); err != nil {
+				return newErr(CodeInvalidSignature, "%s: signature by ed25519:%s does not verify", key.keyID, req.DeviceID)
+			}
+		}
+		if dk != nil && !bytes.Equal(stored, dk.canonical) {
+			if _, err := tx.ExecContext(ctx, sqlUpsertDeviceKeys, req.UserID, req.DeviceID, string(dk.canonical), dk.ed25519, ""); err != nil {
+				return err
+			}
+			if stored != nil && !sameSignedPart(stored, dk.canonical) {
+				// New identity keys: signatures of the old ones do not carry over.
+				if _, err := tx.ExecContext(ctx, sqlDeleteTargetSigs, req.UserID, req.DeviceID); err != nil {
+					return err
+				}
+			}
+			if err := c.record(ctx, tx, req.UserID, req.DeviceID, false); err != nil {
+				return err
+			}
+		}
+		if err := k.storeOneTimeKeys(ctx, tx, req.UserID, req.DeviceID, otks); err != nil {
+			return err
+		}
+		for _, f := range fallbacks {
+			var keyID, js string
+			err := tx.QueryRowContext(ctx, sqlSelectFallback, req.UserID, req.DeviceID, f.algorithm).Scan(&keyID, &js)
+			if err == nil && keyID == f.keyID && js == string(f.canonical) {
+				continue // the same key again: it stays used if it was
+			}
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, sqlUpsertFallback, req.UserID, req.DeviceID, f.algorithm, f.keyID, string(f.canonical)); err != nil {
+				return err
+			}
+		}
+		counts, err = otkCounts(ctx, tx, req.UserID, req.DeviceID)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return counts, nil
+}
+
+// storeOneTimeKeys adds new one-time keys. A key ID already held with the
+// same key is ignored; with a different key it is an error (the spec's
+// M_INVALID_PARAM), and nothing of the upload is kept.
+func (k *KeyServer) storeOneTimeKeys(ctx context.Context, tx *sql.Tx, userID, deviceID string, otks []oneTimeKey) error {
+	var seq int64
+	for _, key := range otks {
+		var js string
+		err := tx.QueryRowContext(ctx, sqlSelectOTK, userID, deviceID, key.keyID).Scan(&js)
+		if err == nil {
+			if js != string(key.canonical) {
+				return newErr(CodeInvalidParam, "one_time_keys: %s is already uploaded with different content", key.keyID)
+			}
+			continue
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		if seq == 0 {
+			// All keys of one upload share a position in the claim order.
+			if err := tx.QueryRowContext(ctx, sqlAdvanceStream, streamOTKUpload).Scan(&seq); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, sqlInsertOTK, userID, deviceID, key.keyID, key.algorithm, string(key.canonical), seq); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func otkCounts(ctx context.Context, q interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+}, userID, deviceID string) (map[string]int, error) {
+	rows, err := q.QueryContext(ctx, sqlCountOTKs, userID, deviceID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	// Clients decide whether to upload from signed_curve25519's count, so
+	// it is always there.
+	counts := map[string]int{algSignedCurve25519: 0}
+	for rows.Next() {
+		var alg string
+		var n int
+		if err := rows.Scan(&alg, &n); err != nil {
+			return nil, err
+		}
+		counts[alg] = n
+	}
+	return counts, rows.Err()
+}
+
+// KeyCounts implements API.
+func (k *KeyServer) KeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, []string, error) {
+	counts, err := otkCounts(ctx, k.db.Reader(), userID, deviceID)
+	if err != nil {
+		return nil, nil, err
+	}
+	rows, err := k.db.Reader().QueryContext(ctx, sqlUnusedFallbacks, userID, deviceID)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	unused := []string{}
+	for rows.Next() {
+		var alg string
+		if err := rows.Scan(&alg); err != nil {
+			return nil, nil, err
+		}
+		unused = append(unused, alg)
+	}
+	return counts, unused, rows.Err()
+}
+
+// QueryKeys implements API.
+func (k *KeyServer) QueryKeys(ctx context.Context, requester string, query map[string][]string) (*QueryResponse, error) {
+	resp := &QueryResponse{
+		DeviceKeys: map[string]map[string]json.RawMessage{}, MasterKeys: map[string]json.RawMessage{},
+		SelfSigningKeys: map[string]json.RawMessage{}, UserSigningKeys: map[string]json.RawMessage{},
+		Failures: map[string]any{},
+	}
+	remote := map[string]map[string][]string{} // server -> user -> devices
+	for _, userID := range sortedKeys(query) {
+		devices := query[userID]
+		if localpart, ok := k.localpart(userID); ok {
+			if err := k.queryUser(ctx, requester, userID, localpart, devices, resp); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		server := serverOf(userID)
+		if server == "" {
+			continue // not a user ID: unknown, so left out
+		}
+		// A remote user whose device list the federation API keeps fresh
+		// (device list updates) is answered from the cache.
+		if _, cached, err := k.RemoteDeviceListStreamID(ctx, userID); err != nil {
+			return nil, err
+		} else if cached {
+			if err := k.queryUser(ctx, requester, userID, "", devices, resp); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if remote[server] == nil {
+			remote[server] = map[string][]string{}
+		}
+		remote[server][userID] = devices
+	}
+	for _, server := range sortedKeys(remote) {
+		if k.remote == nil {
+			// Federation of keys comes later (WithRemoteKeys): until then
+			// other servers' users are reported as unreachable.
+			resp.Failures[server] = map[string]any{}
+			continue
+		}
+		r, err := k.remote.QueryKeys(ctx, server, remote[server])
+		if err != nil {
+			logrus.WithError(err).WithField("server", server).Warn("cannot query remote keys")
+			resp.Failures[server] = map[string]any{}
+			continue
+		}
+		mergeRemoteQuery(resp, r, server)
+	}
+	return resp, nil
+}
+
+// mergeRemoteQuery copies a server's answer into resp, keeping only its
+// own users (a server cannot speak for others).
+func mergeRemoteQuery(resp, r *QueryResponse, server string) {
+	if r == nil {
+		return
+	}
+	for u, devs := range r.DeviceKeys {
+		if serverOf(u) == server {
+			resp.DeviceKeys[u] = devs
+		}
+	}
+	for _, m := range []struct{ dst, src map[string]json.RawMessage }{
+		{resp.MasterKeys, r.MasterKeys}, {resp.SelfSigningKeys, r.SelfSigningKeys},
+	} {
+		for u, key := range m.src {
+			if serverOf(u) == server {
+				m.dst[u] = key
+			}
+		}
+	}
+}
+
+// queryUser adds one user's keys to resp: local users (localpart set)
+// with the devices that still exist and their names, remote users from
+// the cache.
+func (k *KeyServer) queryUser(ctx context.Context, requester, userID, localpart string, wanted []string, resp *QueryResponse) error {
+	var names map[string]string // local devices that exist -> display name
+	if localpart != "" {
+		devs, err := k.accounts.Devices(ctx, localpart)
+		if err != nil {
+			return err
+		}
+		names = make(map[string]string, len(devs))
+		for _, d := range devs {
+			names[d.DeviceID] = d.DisplayName
+		}
+	}
+	want := map[string]bool{}
+	for _, d := range wanted {
+		want[d] = true
+	}
+	sigs, err := k.signaturesOfUser(ctx, userID)
+	if err != nil {
+		return err
+	}
+	rows, err := k.db.Reader().QueryContext(ctx, sqlSelectDeviceKeys, userID)
+	if err != nil {
+		return err
+	}
+	devices := map[string]json.RawMessage{}
+	for rows.Next() {
+		var deviceID, js, remoteName string
+		if err := rows.Scan(&deviceID, &js, &remoteName); err != nil {
+			rows.Close()
+			return err
+		}
+		if len(want) > 0 && !want[deviceID] {
+			continue
+		}
+		name := remoteName
+		if names != nil {
+			n, exists := names[deviceID]
+			if !exists {
+				continue // deleted device whose keys were not dropped yet
+			}
+			name = n
+		}
+		var unsigned map[string]any
+		if name != "" {
+			unsigned = map[string]any{"device_display_name": name}
+		}
+		// Signatures of devices come only from the owner's self-signing key.
+		devices[deviceID] = withSignatures([]byte(js), sigs.by(deviceID, userID, userID), unsigned)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	resp.DeviceKeys[userID] = devices
+
+	cs, err := k.crossSigningKeys(ctx, k.db.Reader(), userID)
+	if err != nil {
+		return err
+	}
+	if m, ok := cs[purposeMaster]; ok {
+		// Signatures of a master key: the owner's (devices), and the
+		// requester's own user-signing key's; others' stay private.
+		resp.MasterKeys[userID] = withSignatures(m.json, sigs.by(m.pub, userID, requester), nil)
+	}
+	if s, ok := cs[purposeSelfSigning]; ok {
+		resp.SelfSigningKeys[userID] = json.RawMessage(s.json)
+	}
+	if u, ok := cs[purposeUserSigning]; ok && requester == userID {
+		resp.UserSigningKeys[userID] = json.RawMessage(u.json)
+	}
+	return nil
+}
+
+// userSignatures are the uploaded signatures of one user's keys:
+// target key ID -> origin user -> origin key ID -> signature.
+type userSignatures map[string]signatures
+
+// by returns the signatures of target made by the given users ("" never
+// matches).
+func (s userSignatures) by(target string, users ...string) signatures {
+	out := signatures{}
+	for origin, keys := range s[target] {
+		for _, u := range users {
+			if u != "" && u == origin {
+				out[origin] = keys
+			}
+		}
+	}
+	return out
+}
+
+const sqlSignaturesOfUser = `SELECT target_key_id, origin_user_id, origin_key_id, signature
+	FROM keyserver_signatures WHERE target_user_id = $1`
+
+func (k *KeyServer) signaturesOfUser(ctx context.Context, userID string) (userSignatures, error) {
+	rows, err := k.db.Reader().QueryContext(ctx, sqlSignaturesOfUser, userID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := userSignatures{}
+	for rows.Next() {
+		var target, origin, keyID, sig string
+		if err := rows.Scan(&target, &origin, &keyID, &sig); err != nil {
+			return nil, err
+		}
+		if out[target] == nil {
+			out[target] = signatures{}
+		}
+		if out[target][origin] == nil {
+			out[target][origin] = map[string]string{}
+		}
+		out[target][origin][keyID] = sig
+	}
+	return out, rows.Err()
+}
+
+// ClaimKeys implements API.
+func (k *KeyServer) ClaimKeys(ctx context.Context, query map[string]map[string]string) (*ClaimResponse, error) {
+	resp := &ClaimResponse{OneTimeKeys: map[string]map[string]map[string]json.RawMessage{}, Failures: map[string]any{}}
+	remote := map[string]map[string]map[string]string{}
+	for _, userID := range sortedKeys(query) {
+		if _, ok := k.localpart(userID); !ok {
+			// One-time keys are never cached: they are claimed from the
+			// user's server.
+			if server := serverOf(userID); server != "" {
+				if remote[server] == nil {
+					remote[server] = map[string]map[string]string{}
+				}
+				remote[server][userID] = query[userID]
+			}
+			continue
+		}
+		for _, deviceID := range sortedKeys(query[userID]) {
+			keyID, js, ok, err := k.claimOne(ctx, userID, deviceID, query[userID][deviceID])
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				continue
+			}
+			if resp.OneTimeKeys[userID] == nil {
+				resp.OneTimeKeys[userID] = map[string]map[string]json.RawMessage{}
+			}
+			resp.OneTimeKeys[userID][deviceID] = map[string]json.RawMessage{keyID: json.RawMessage(js)}
+		}
+	}
+	for _, server := range sortedKeys(remote) {
+		if k.remote == nil {
+			// Federation of keys comes later (WithRemoteKeys).
+			resp.Failures[server] = map[string]any{}
+			continue
+		}
+		got, err := k.remote.ClaimKeys(ctx, server, remote[server])
+		if err != nil {
+			logrus.WithError(err).WithField("server", server).Warn("cannot claim remote keys")
+			resp.Failures[server] = map[string]any{}
+			continue
+		}
+		for u, devs := range got {
+			if serverOf(u) == server {
+				resp.OneTimeKeys[u] = devs
+			}
+		}
+	}
+	return resp, nil
+}
+
+// claimOne takes the oldest one-time key of a device for an algorithm, or
+// its fallback key (marked used) when none is left. Each DELETE removes a
+// key at most once, so two claims never get the same key: the one that
+// loses the race finds nothing to delete and looks again. Every lost race
+// means another claim took a key, so the loop ends.
+func (k *KeyServer) claimOne(ctx context.Context, userID, deviceID, alg string) (keyID, js string, ok bool, err error) {
+	w := k.db.Writer()
+	for {
+		if err := ctx.Err(); err != nil {
+			return "", "", false, err
+		}
+		err := w.QueryRowContext(ctx, sqlOldestOTK, userID, deviceID, alg).Scan(&keyID)
+		if errors.Is(err, sql.ErrNoRows) {
+			break
+		}
+		if err != nil {
+			return "", "", false, err
+		}
+		err = w.QueryRowContext(ctx, sqlClaimOTK, userID, deviceID, keyID).Scan(&js)
+		if err == nil {
+			return keyID, js, true, nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return "", "", false, err
+		}
+	}
+	err = w.QueryRowContext(ctx, sqlSelectFallback, userID, deviceID, alg).Scan(&keyID, &js)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", "", false, nil
+	}
+	if err != nil {
+		return "", "", false, err
+	}
+	if _, err := w.ExecContext(ctx, sqlUseFallback, userID, deviceID, alg); err != nil {
+		return "", "", false, err
+	}
+	return keyID, js, true, nil
+}
+
+// DeleteDeviceKeys implements API.
+func (k *KeyServer) DeleteDeviceKeys(ctx context.Context, userID string, deviceIDs []string) error {
+	if len(deviceIDs) == 0 {
+		return nil
+	}
+	return k.withChanges(ctx, func(tx *sql.Tx, c *changes) error {
+		for _, id := range deviceIDs {
+			if err := deleteDevice(ctx, tx, c, userID, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// DeleteAllDeviceKeys implements API.
+func (k *KeyServer) DeleteAllDeviceKeys(ctx context.Context, userID, exceptDeviceID string) error {
+	return k.withChanges(ctx, func(tx *sql.Tx, c *changes) error {
+		rows, err := tx.QueryContext(ctx, sqlDeviceIDsWithKeys, userID)
+		if err != nil {
+			return err
+		}
+		var ids []string
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return err
+			}
+			if id != exceptDeviceID {
+				ids = append(ids, id)
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if err := deleteDevice(ctx, tx, c, userID, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// deleteDevice drops a device's keys and the signatures of them, and
+// records the change when the device had published keys.
+func deleteDevice(ctx context.Context, tx *sql.Tx, c *changes, userID, deviceID string) error {
+	res, err := tx.ExecContext(ctx, sqlDeleteDeviceKeys, userID, deviceID)
+	if err != nil {
+		return err
+	}
+	for _, q := range []string{sqlDeleteOTKs, sqlDeleteFallbacks, sqlDeleteTargetSigs} {
+		if _, err := tx.ExecContext(ctx, q, userID, deviceID); err != nil {
+			return err
+		}
+	}
+	// Its signatures of the user's master key go with it.
+	if _, err := tx.ExecContext(ctx, sqlDeleteOriginSigs, userID, "ed25519:"+deviceID); err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n > 0 {
+		return c.record(ctx, tx, userID, deviceID, true)
+	}
+	return nil
+}
