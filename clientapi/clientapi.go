@@ -12,6 +12,7 @@ import (
 	"github.com/plexus-chat/plexus/accounts"
 	"github.com/plexus-chat/plexus/internal/config"
 	"github.com/plexus-chat/plexus/internal/httputil"
+	"github.com/plexus-chat/plexus/keyserver"
 	rsapi "github.com/plexus-chat/plexus/roomserver/api"
 )
 
@@ -23,6 +24,9 @@ type API struct {
 	// waker wakes a user's long-polling syncs after changes the sync API
 	// does not see in the room stream (account data).
 	waker  UserWaker
+	keys   *keyDeps // nil without a key server
+	openID OpenIDTokenIssuer
+	remote RemoteMembership
 	uiaa   *uiaaSessions
 	nonces *nonceStore
 
@@ -35,9 +39,31 @@ type API struct {
 // UserWaker is the sync API's notifier as the client API sees it.
 type UserWaker interface{ WakeUser(userID string) }
 
+// Deps are the components the client API calls. Accounts and Rooms are
+// required; an absent optional one turns its endpoints off (404
+// M_UNRECOGNIZED, or "other servers not reachable" for RemoteMembership).
+type Deps struct {
+	Accounts accounts.API
+	Rooms    rsapi.RoomserverAPI
+	// Waker wakes long-polling syncs after account data changes.
+	Waker UserWaker
+	// Keys and KeyChanges serve /keys/* and /room_keys/*.
+	Keys       keyserver.API
+	KeyChanges KeyChanges
+	// OpenID issues the tokens of /user/{userId}/openid/request_token.
+	OpenID OpenIDTokenIssuer
+	// RemoteMembership runs joins, leaves, knocks and invites through
+	// other servers.
+	RemoteMembership RemoteMembership
+}
+
 // New makes the client API.
-func New(cfg *config.Config, accts accounts.API, rooms rsapi.RoomserverAPI, waker UserWaker) *API {
-	a := &API{cfg: cfg, accounts: accts, rooms: rooms, waker: waker, uiaa: newUIAASessions(), nonces: newNonceStore()}
+func New(cfg *config.Config, d Deps) *API {
+	a := &API{cfg: cfg, accounts: d.Accounts, rooms: d.Rooms, waker: d.Waker, uiaa: newUIAASessions(), nonces: newNonceStore(),
+		openID: d.OpenID, remote: d.RemoteMembership}
+	if d.Keys != nil {
+		a.keys = &keyDeps{keys: d.Keys, changes: d.KeyChanges}
+	}
 	if cfg.RateLimit.Enabled {
 		a.limit = httputil.NewRateLimiter(cfg.RateLimit.RequestsPerSecond, cfg.RateLimit.Burst)
 		a.authLimit = httputil.NewRateLimiter(cfg.RateLimit.AuthPerMinute/60, cfg.RateLimit.AuthBurst)

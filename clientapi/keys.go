@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"sync"
 
 	"github.com/plexus-chat/plexus/accounts"
 	"github.com/plexus-chat/plexus/internal/httputil"
@@ -27,24 +26,7 @@ type keyDeps struct {
 	changes KeyChanges
 }
 
-// keyServers holds each API's key server, set by SetKeyServer when the
-// server is assembled (kept here, like openIDIssuers, so that the API
-// struct need not change).
-var keyServers sync.Map // *API -> *keyDeps
-
-// SetKeyServer gives the client API the key server and the sync API's
-// /keys/changes; call it before serving. Without it the endpoints answer
-// 404 M_UNRECOGNIZED.
-func (a *API) SetKeyServer(ks keyserver.API, changes KeyChanges) {
-	keyServers.Store(a, &keyDeps{keys: ks, changes: changes})
-}
-
-func (a *API) keyDeps() *keyDeps {
-	if d, ok := keyServers.Load(a); ok {
-		return d.(*keyDeps)
-	}
-	return nil
-}
+func (a *API) keyDeps() *keyDeps { return a.keys }
 
 // withKeys wraps a handler that needs the key server.
 func (a *API) withKeys(h func(w http.ResponseWriter, r *http.Request, s *accounts.Session, d *keyDeps) error) AuthedHandler {
@@ -160,7 +142,7 @@ func (a *API) claimKeys(w http.ResponseWriter, r *http.Request, s *accounts.Sess
 	if req.OneTimeKeys == nil {
 		return httputil.MissingParam("one_time_keys is required")
 	}
-	resp, err := d.keys.ClaimKeys(r.Context(), req.OneTimeKeys)
+	resp, err := d.keys.ClaimKeys(r.Context(), a.userID(s.Localpart), req.OneTimeKeys)
 	if err != nil {
 		return keysError(err)
 	}

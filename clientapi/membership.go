@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/tidwall/gjson"
@@ -531,22 +530,7 @@ type RemoteMembership interface {
 	InviteRemoteUser(ctx context.Context, roomID, sender, target string, content map[string]any) error
 }
 
-// remoteMemberships holds each API's RemoteMembership, set when the
-// server is assembled (as openid.go does for its issuer, so the API
-// struct need not change).
-var remoteMemberships sync.Map // *API -> RemoteMembership
-
-// SetRemoteMembership gives the client API the federation handshakes;
-// call it before serving. Without it rooms and users of other servers are
-// not found (404) or refused (403).
-func (a *API) SetRemoteMembership(rm RemoteMembership) { remoteMemberships.Store(a, rm) }
-
-func (a *API) remoteMembership() RemoteMembership {
-	if rm, ok := remoteMemberships.Load(a); ok {
-		return rm.(RemoteMembership)
-	}
-	return nil
-}
+func (a *API) remoteMembership() RemoteMembership { return a.remote }
 
 // viaRemote runs a join or knock through other servers when this server
 // is not in the room, and reports whether it did. A room this server

@@ -3,7 +3,6 @@ package clientapi
 import (
 	"context"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/plexus-chat/plexus/accounts"
@@ -20,24 +19,13 @@ type OpenIDTokenIssuer interface {
 	IssueOpenIDToken(ctx context.Context, userID string) (token string, lifetime time.Duration, err error)
 }
 
-// openIDIssuers holds each API's issuer, set by SetOpenIDTokenIssuer when
-// the server is assembled. It lives here rather than in API because this
-// file is where OpenID is; it is the only state the endpoint has.
-var openIDIssuers sync.Map // *API -> OpenIDTokenIssuer
-
-// SetOpenIDTokenIssuer gives the client API the issuer of OpenID tokens;
-// call it before serving. Without one, request_token answers 404.
-func (a *API) SetOpenIDTokenIssuer(issuer OpenIDTokenIssuer) {
-	openIDIssuers.Store(a, issuer)
-}
-
 func (a *API) registerOpenIDRoutes(r *router) {
 	r.authed(v3, "/user/{userId}/openid/request_token", a.requestOpenIDToken, http.MethodPost)
 }
 
 func (a *API) requestOpenIDToken(w http.ResponseWriter, r *http.Request, s *accounts.Session) error {
-	issuer, ok := openIDIssuers.Load(a)
-	if !ok {
+	issuer := a.openID
+	if issuer == nil {
 		return httputil.Unrecognized("OpenID is not available on this server")
 	}
 	userID := a.userID(s.Localpart)
@@ -48,7 +36,7 @@ func (a *API) requestOpenIDToken(w http.ResponseWriter, r *http.Request, s *acco
 	if err := httputil.ReadJSON(r, &body); err != nil {
 		return err
 	}
-	token, lifetime, err := issuer.(OpenIDTokenIssuer).IssueOpenIDToken(r.Context(), userID)
+	token, lifetime, err := issuer.IssueOpenIDToken(r.Context(), userID)
 	if err != nil {
 		return err
 	}

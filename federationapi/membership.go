@@ -77,12 +77,6 @@ type Membership struct {
 	log        *logrus.Entry
 }
 
-// SetForwarder gives the handshakes the federation sender, which passes
-// the joins, leaves and knocks other servers' users make through us on to
-// the room's other servers, as the spec asks of the resident server. Call
-// it before serving; without it they are not passed on.
-func (m *Membership) SetForwarder(f MembershipForwarder) { m.forwarder = f }
-
 // forward passes a remote user's membership event that went through us on
 // to the room's other servers (not back to its origin).
 func (m *Membership) forward(ctx context.Context, pdu gomatrixserverlib.PDU, origin spec.ServerName) {
@@ -96,9 +90,12 @@ func (m *Membership) forward(ctx context.Context, pdu gomatrixserverlib.PDU, ori
 
 // NewMembership registers the inbound membership endpoints with fed and
 // returns the component, whose outbound methods the client API calls.
-// Call it before the server starts serving.
-func NewMembership(fed *FederationAPI, rs MembershipRoomserver, userExists MembershipUserExists) *Membership {
-	m := &Membership{fed: fed, rs: rs, userExists: userExists, log: logrus.WithField("component", "federationapi.membership")}
+// forwarder (the sender) passes the joins, leaves and knocks other
+// servers' users make through us on to the room's other servers, as the
+// spec asks of the resident server; nil does not pass them on. Call it
+// before the server starts serving.
+func NewMembership(fed *FederationAPI, rs MembershipRoomserver, userExists MembershipUserExists, forwarder MembershipForwarder) *Membership {
+	m := &Membership{fed: fed, rs: rs, userExists: userExists, forwarder: forwarder, log: logrus.WithField("component", "federationapi.membership")}
 	m.register()
 	return m
 }

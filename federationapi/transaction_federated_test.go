@@ -244,3 +244,40 @@ func TestGapFilledFromAnotherServer(t *testing.T) {
 		t.Fatalf("bob got %v", got)
 	}
 }
+
+func TestTransactionsAmongThreeServers(t *testing.T) {
+	servers := testserver.NewFederated(t, 3)
+	a, b, c := servers[0], servers[1], servers[2]
+	alice, bob, carol := a.Register("alice", "password1234"), b.Register("bob", "password1234"), c.Register("carol", "password1234")
+	roomID := a.MustOK("POST", "/_matrix/client/v3/createRoom", alice.AccessToken, map[string]any{"preset": "public_chat"}).Get("room_id").Str
+	txShareRoom(t, a, b, roomID, bob.UserID)
+	// b learns of carol's join from c, whose sender passes it on.
+	txShareRoom(t, a, c, roomID, carol.UserID)
+	var aliceSince, bobSince string
+	txSyncUntil(t, b, bob, &bobSince, "carol's join on b", func(r gjson.Result) bool {
+		for _, ev := range r.Get("rooms.join." + gjson.Escape(roomID) + ".timeline.events").Array() {
+			if ev.Get("type").Str == "m.room.member" && ev.Get("state_key").Str == carol.UserID {
+				return true
+			}
+		}
+		return false
+	})
+	txSyncUntil(t, a, alice, &aliceSince, "alice's first sync", func(gjson.Result) bool { return true })
+	txSend(t, c, carol, roomID, "from c")
+	txSend(t, b, bob, roomID, "from b")
+	if got := txMessages(t, a, alice, &aliceSince, roomID, 2); !slices.Contains(got, "from c") || !slices.Contains(got, "from b") {
+		t.Fatalf("alice got %v", got)
+	}
+	var carolSince string
+	txSyncUntil(t, c, carol, &carolSince, "bob's message on c", func(r gjson.Result) bool {
+		for _, ev := range r.Get("rooms.join." + gjson.Escape(roomID) + ".timeline.events").Array() {
+			if ev.Get("content.body").Str == "from b" {
+				return true
+			}
+		}
+		return false
+	})
+	if got := txMessages(t, b, bob, &bobSince, roomID, 2); !slices.Contains(got, "from c") {
+		t.Fatalf("bob got %v", got)
+	}
+}

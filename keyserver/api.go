@@ -164,12 +164,14 @@ type API interface {
 	// conflicting re-uploads) and returns the device's one-time key counts.
 	UploadKeys(ctx context.Context, req UploadRequest) (map[string]int, error)
 	// QueryKeys answers /keys/query for requester (a local user, or "" for
-	// another server asking): device keys with display names and the
-	// cross-signing keys and signatures requester may see.
+	// another server asking, /user/keys/query): device keys with display
+	// names and the cross-signing keys and signatures requester may see.
+	// For requester "" only local users are answered.
 	QueryKeys(ctx context.Context, requester string, deviceKeys map[string][]string) (*QueryResponse, error)
 	// ClaimKeys hands out one-time keys (each once), or a device's
-	// fallback key when it has none left.
-	ClaimKeys(ctx context.Context, oneTimeKeys map[string]map[string]string) (*ClaimResponse, error)
+	// fallback key when it has none left. requester is as for QueryKeys:
+	// for "" (/user/keys/claim) only local users' keys are claimed.
+	ClaimKeys(ctx context.Context, requester string, oneTimeKeys map[string]map[string]string) (*ClaimResponse, error)
 	// KeyCounts are a device's unclaimed one-time keys per algorithm and
 	// the algorithms of its unused fallback keys, for /sync.
 	KeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, []string, error)

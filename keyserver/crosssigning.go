@@ -278,10 +278,14 @@ func (k *KeyServer) signOwnKey(ctx context.Context, tx *sql.Tx, signer, keyID st
 		return nil, newErr(CodeInvalidParam, "the object does not match the stored master key"), nil
 	}
 	held := signaturesOf(master.json)[signer]
-	added := 0
+	found := 0
 	for _, id := range sortedKeys(sigs) {
-		if id == "ed25519:"+master.pub || held[id] == sigs[id] {
-			continue // the key's own signature, or one already held
+		if id == "ed25519:"+master.pub {
+			continue // the key's own signature
+		}
+		if held[id] == sigs[id] {
+			found++ // uploaded with the key already
+			continue
 		}
 		alg, deviceID, _ := strings.Cut(id, ":")
 		var devJSON, devEd string
@@ -298,10 +302,10 @@ func (k *KeyServer) signOwnKey(ctx context.Context, tx *sql.Tx, signer, keyID st
 		if _, err := tx.ExecContext(ctx, sqlInsertSignature, signer, master.pub, signer, id, sigs[id]); err != nil {
 			return nil, nil, err
 		}
-		added++
+		found++
 	}
-	if added == 0 {
-		return nil, newErr(CodeInvalidSignature, "no new signature by one of your devices"), nil
+	if found == 0 {
+		return nil, newErr(CodeInvalidSignature, "no signature by one of your devices"), nil
 	}
 	empty := ""
 	return &empty, nil, nil

@@ -304,8 +304,10 @@ func (k *KeyServer) QueryKeys(ctx context.Context, requester string, query map[s
 			continue
 		}
 		server := serverOf(userID)
-		if server == "" {
-			continue // not a user ID: unknown, so left out
+		if server == "" || requester == "" {
+			// Not a user ID: unknown, so left out. Another server asks
+			// only about our users.
+			continue
 		}
 		// A remote user whose device list the federation API keeps fresh
 		// (device list updates) is answered from the cache.
@@ -483,14 +485,14 @@ func (k *KeyServer) signaturesOfUser(ctx context.Context, userID string) (userSi
 }
 
 // ClaimKeys implements API.
-func (k *KeyServer) ClaimKeys(ctx context.Context, query map[string]map[string]string) (*ClaimResponse, error) {
+func (k *KeyServer) ClaimKeys(ctx context.Context, requester string, query map[string]map[string]string) (*ClaimResponse, error) {
 	resp := &ClaimResponse{OneTimeKeys: map[string]map[string]map[string]json.RawMessage{}, Failures: map[string]any{}}
 	remote := map[string]map[string]map[string]string{}
 	for _, userID := range sortedKeys(query) {
 		if _, ok := k.localpart(userID); !ok {
 			// One-time keys are never cached: they are claimed from the
 			// user's server.
-			if server := serverOf(userID); server != "" {
+			if server := serverOf(userID); server != "" && requester != "" {
 				if remote[server] == nil {
 					remote[server] = map[string]map[string]string{}
 				}

@@ -194,7 +194,7 @@ func TestClaimConcurrent(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				resp, err := ks.ClaimKeys(ctx, map[string]map[string]string{alice: {"PHONE": "signed_curve25519"}})
+				resp, err := ks.ClaimKeys(ctx, "@bob:"+hs, map[string]map[string]string{alice: {"PHONE": "signed_curve25519"}})
 				if err != nil {
 					errs <- err
 					return
@@ -357,6 +357,84 @@ func TestBackupVersions(t *testing.T) {
 		}
 		if _, err := ks.CreateBackup(ctx, alice, "m.unknown", auth); errCode(err) != keyserver.CodeInvalidParam {
 			t.Fatalf("unknown algorithm: %v", err)
+		}
+	})
+}
+
+// TestServerRequester: another server asking (requester "") gets only
+// our users, and no user-signing keys or signatures.
+func TestServerRequester(t *testing.T) {
+	storagetest.ForEach(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		ks, accts := newKeyServer(t, db)
+		alice, bob := "@alice:"+hs, "@bob:"+hs
+		accts.add("alice", "A", "")
+		accts.add("bob", "B", "")
+		for _, u := range []struct{ user, dev string }{{alice, "A"}, {bob, "B"}} {
+			d := keytest.NewDevice(t, u.user, u.dev)
+			if _, err := ks.UploadKeys(ctx, keyserver.UploadRequest{UserID: u.user, DeviceID: u.dev, DeviceKeys: d.DeviceKeys(), OneTimeKeys: d.OneTimeKeys(0, 1)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		aliceCS, bobCS := keytest.NewCrossSigning(t, alice), keytest.NewCrossSigning(t, bob)
+		for _, cs := range []*keytest.CrossSigning{aliceCS, bobCS} {
+			if err := ks.UploadCrossSigningKeys(ctx, cs.UserID, keyserver.CrossSigningUpload{
+				MasterKey: cs.MasterKey(), SelfSigningKey: cs.SelfSigningKey(), UserSigningKey: cs.UserSigningKey(),
+			}, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		failures, err := ks.UploadSignatures(ctx, alice, map[string]map[string]json.RawMessage{bob: {bobCS.Master.Public: aliceCS.SignUser(bobCS.MasterKey())}})
+		if err != nil || len(failures) != 0 {
+			t.Fatalf("sign bob: %v %v", failures, err)
+		}
+		resp, err := ks.QueryKeys(ctx, "", map[string][]string{alice: nil, bob: nil, "@carol:remote.test": nil})
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := gjson.Parse(mustJSON(t, resp))
+		if len(resp.Failures) != 0 || body.Get("device_keys."+gjson.Escape("@carol:remote.test")).Exists() {
+			t.Fatalf("remote user asked about by a server: %s", body.Raw)
+		}
+		if len(resp.UserSigningKeys) != 0 || body.Get("master_keys."+gjson.Escape(bob)+".signatures."+gjson.Escape(alice)).Exists() {
+			t.Fatalf("private keys or signatures for a server: %s", body.Raw)
+		}
+		if resp.MasterKeys[alice] == nil || resp.SelfSigningKeys[bob] == nil || resp.DeviceKeys[bob]["B"] == nil {
+			t.Fatalf("public keys missing: %s", body.Raw)
+		}
+		claimed, err := ks.ClaimKeys(ctx, "", map[string]map[string]string{alice: {"A": "signed_curve25519"}, "@carol:remote.test": {"X": "signed_curve25519"}})
+		if err != nil || len(claimed.OneTimeKeys[alice]["A"]) != 1 || len(claimed.Failures) != 0 {
+			t.Fatalf("claim by a server: %+v %v", claimed, err)
+		}
+	})
+}
+
+// TestMasterKeySignedAtUpload: a master key uploaded with its device's
+// signature may be sent again with that signature (clients do) without
+// a failure.
+func TestMasterKeySignedAtUpload(t *testing.T) {
+	storagetest.ForEach(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		ks, accts := newKeyServer(t, db)
+		alice := "@alice:" + hs
+		accts.add("alice", "A", "")
+		dev := keytest.NewDevice(t, alice, "A")
+		if _, err := ks.UploadKeys(ctx, keyserver.UploadRequest{UserID: alice, DeviceID: "A", DeviceKeys: dev.DeviceKeys()}); err != nil {
+			t.Fatal(err)
+		}
+		cs := keytest.NewCrossSigning(t, alice)
+		signedMaster := dev.Sign(cs.MasterKey())
+		if err := ks.UploadCrossSigningKeys(ctx, alice, keyserver.CrossSigningUpload{MasterKey: signedMaster, SelfSigningKey: cs.SelfSigningKey()}, false); err != nil {
+			t.Fatal(err)
+		}
+		failures, err := ks.UploadSignatures(ctx, alice, map[string]map[string]json.RawMessage{alice: {cs.Master.Public: signedMaster}})
+		if err != nil || len(failures) != 0 {
+			t.Fatalf("signature already held: %v %v", failures, err)
+		}
+		// Without any device signature it is a failure.
+		failures, _ = ks.UploadSignatures(ctx, alice, map[string]map[string]json.RawMessage{alice: {cs.Master.Public: cs.MasterKey()}})
+		if f := failures[alice][cs.Master.Public]; f == nil || f.Code != keyserver.CodeInvalidSignature {
+			t.Fatalf("no signature: %+v", failures)
 		}
 	})
 }

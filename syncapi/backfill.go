@@ -138,7 +138,7 @@ type BackfillFederation interface {
 	GetEventAuth(ctx context.Context, origin, s spec.ServerName, roomVersion gomatrixserverlib.RoomVersion, roomID, eventID string) (fclient.RespEventAuth, error)
 }
 
-// BackfillConfig is what EnableBackfill needs.
+// BackfillConfig is what WithBackfill needs.
 type BackfillConfig struct {
 	ServerName spec.ServerName
 	Rooms      BackfillRooms
@@ -158,32 +158,18 @@ type backfiller struct {
 	failedAt map[string]time.Time // room ID -> when every server last failed
 }
 
-// backfillers holds each SyncAPI's backfiller, set by EnableBackfill. (A
-// field of SyncAPI would be the natural home; this keeps backfill in its
-// own file.)
-var backfillers sync.Map // *SyncAPI -> *backfiller
-
-// EnableBackfill lets /messages fetch history from other servers. Call it
-// before serving (internal/server does); without it /messages serves this
-// server's history only.
-func (s *SyncAPI) EnableBackfill(ctx context.Context, cfg BackfillConfig) error {
-	if err := s.db.Migrate(ctx, backfillComponent, backfillMigrations); err != nil {
-		return err
+// WithBackfill lets /messages fetch history from other servers; without
+// it /messages serves this server's history only.
+func WithBackfill(cfg BackfillConfig) Option {
+	return func(s *SyncAPI) {
+		s.backfill = &backfiller{
+			db: s.db, cfg: cfg, failedAt: map[string]time.Time{},
+			log: logrus.WithField("component", "syncapi.backfill"),
+		}
 	}
-	backfillers.Store(s, &backfiller{
-		db: s.db, cfg: cfg, failedAt: map[string]time.Time{},
-		log: logrus.WithField("component", "syncapi.backfill"),
-	})
-	return nil
 }
 
-func (s *SyncAPI) backfiller() *backfiller {
-	b, ok := backfillers.Load(s)
-	if !ok {
-		return nil
-	}
-	return b.(*backfiller)
-}
+func (s *SyncAPI) backfiller() *backfiller { return s.backfill }
 
 // backfillPos is a place in a room's fetched history, ordered by depth
 // and then by row ID; as a token it stands just after the event it names.
@@ -290,8 +276,11 @@ type backfillRow struct {
 	eventID string
 }
 
-func (b *backfiller) rows(ctx context.Context, query, roomID string, after, upTo backfillPos, limit int) ([]backfillRow, error) {
-	rows, err := b.db.Reader().QueryContext(ctx, query, roomID, after.depth, after.id, upTo.depth, upTo.id, limit)
+// rows reads fetched events of the room with sqlBackfillDesc (at or
+// before p1 and after p2) or sqlBackfillAsc (after p1 and at or before
+// p2).
+func (b *backfiller) rows(ctx context.Context, query, roomID string, p1, p2 backfillPos, limit int) ([]backfillRow, error) {
+	rows, err := b.db.Reader().QueryContext(ctx, query, roomID, p1.depth, p1.id, p2.depth, p2.id, limit)
 	if err != nil {
 		return nil, err
 	}

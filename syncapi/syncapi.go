@@ -40,6 +40,7 @@ type SyncAPI struct {
 	consumer   *consumer
 	rs         Roomserver
 	typing     *typingState
+	backfill   *backfiller // nil: history from this server only
 	// edus hands our users' EDUs to other servers (federation_edus.go);
 	// nil without federation.
 	edus EDUSender
@@ -60,8 +61,13 @@ func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, 
 	}
 	s := &SyncAPI{db: db, serverName: serverName, accounts: accts, notifier: n, consumer: c, rs: rs}
 	s.typing = newTypingState(s.wakeRoom)
-	for _, o := range opts { // options: federation_edus.go
+	for _, o := range opts { // options: federation_edus.go, keys.go, backfill.go
 		o(s)
+	}
+	if s.backfill != nil {
+		if err := db.Migrate(ctx, backfillComponent, backfillMigrations); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }

@@ -61,7 +61,8 @@ stop_server() {
 	wait "$SERVER_PID" 2>/dev/null || true
 	SERVER_PID=
 }
-trap stop_server EXIT INT TERM
+trap stop_server EXIT
+trap 'stop_server; exit 130' INT TERM
 
 start_plexus() { # data folder
 	PLEXUS_SERVER_NAME=localhost PLEXUS_LISTEN=$PLEXUS_ADDR PLEXUS_RATE_LIMIT=off \

@@ -172,9 +172,10 @@ func run(ctx context.Context, o options) error {
 		rep.Send = ph
 	}
 	if want["join"] {
+		// A join that fails part way still reports the sizes it measured.
 		pts, err := joinPhase(ctx, c, o, users[0])
 		if err != nil {
-			return err
+			logf("join: %v", err)
 		}
 		rep.Join = pts
 	}
@@ -245,7 +246,7 @@ func joinPhase(ctx context.Context, c *bench.Client, o options, owner *bench.Use
 	if err != nil {
 		return nil, err
 	}
-	pts, err := bench.JoinSeries(ctx, c, roomID, members, joiners, o.members, o.samples, o.conc,
+	pts, err := bench.JoinSeries(ctx, c, owner, roomID, members, joiners, o.members, o.samples, o.conc,
 		func(s string) { logf("join: %s", s) })
 	for _, p := range pts {
 		logf("join: member %d: join %s; leave p50=%.2fms", p.Members, p.Join, float64(p.Leave.P50)/1e6)

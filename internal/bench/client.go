@@ -233,3 +233,31 @@ func (c *Client) Get(ctx context.Context, u *User, path string) ([]byte, error) 
 	err := c.Do(ctx, "GET", path, u.AccessToken, nil, &raw)
 	return raw, err
 }
+
+// JoinedCount returns how many users are joined to a room, as a member
+// sees it (GET /joined_members).
+func (c *Client) JoinedCount(ctx context.Context, u *User, roomID string) (int, error) {
+	var resp struct {
+		Joined map[string]json.RawMessage `json:"joined"`
+	}
+	err := c.Do(ctx, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/joined_members", u.AccessToken, nil, &resp)
+	return len(resp.Joined), err
+}
+
+// WaitJoined waits until a room has at least n joined members.
+func (c *Client) WaitJoined(ctx context.Context, u *User, roomID string, n int, max time.Duration) error {
+	deadline := time.Now().Add(max)
+	for {
+		got, err := c.JoinedCount(ctx, u, roomID)
+		if err != nil {
+			return err
+		}
+		if got >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("room %s has %d joined members after %v, want %d", roomID, got, max, n)
+		}
+		time.Sleep(time.Second)
+	}
+}

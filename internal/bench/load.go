@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -183,9 +184,10 @@ type JoinPoint struct {
 // (ascending) it joins members (conc at a time) until the room has N-1,
 // then, samples times, a fresh user from joiners joins (timed: the join
 // that makes member N) and leaves again (timed apart), so the room is
-// back at N-1. members already in the room count towards the sizes: the
-// room's creator is member 1.
-func JoinSeries(ctx context.Context, c *Client, roomID string, members, joiners []*User, sizes []int, samples, conc int, progress func(string)) ([]JoinPoint, error) {
+// back at N-1. The room's creator, owner, is member 1; growing joins
+// that a server answers with 202 (finishing in the background) are
+// waited for through owner's view of the joined members.
+func JoinSeries(ctx context.Context, c *Client, owner *User, roomID string, members, joiners []*User, sizes []int, samples, conc int, progress func(string)) ([]JoinPoint, error) {
 	if !slices.IsSorted(sizes) {
 		return nil, errors.New("sizes must be ascending")
 	}
@@ -201,9 +203,20 @@ func JoinSeries(ctx context.Context, c *Client, roomID string, members, joiners 
 		start := time.Now()
 		from := have
 		if err := Parallel(ctx, size-1-have, conc, func(ctx context.Context, i int) error {
-			return c.Join(ctx, members[from-1+i], roomID)
+			err := c.Join(ctx, members[from-1+i], roomID)
+			var herr *Error
+			if errors.As(err, &herr) && herr.Status == http.StatusAccepted {
+				// Dendrite answers 202 when a join waits too long in its
+				// queue: "The room join will continue in the background."
+				return nil
+			}
+			return err
 		}); err != nil {
 			return out, fmt.Errorf("grow room to %d: %w", size-1, err)
+		}
+		// Joins finishing in the background must be done before measuring.
+		if err := c.WaitJoined(ctx, owner, roomID, size-1, 30*time.Minute); err != nil {
+			return out, err
 		}
 		have = max(have, size-1)
 		if progress != nil {

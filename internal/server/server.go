@@ -98,28 +98,17 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
-	sync, err := syncapi.New(ctx, db, cfg.ServerName, rs, accts, syncapi.WithEDUSender(sender), syncapi.WithKeyServer(keys))
+	sync, err := syncapi.New(ctx, db, cfg.ServerName, rs, accts,
+		syncapi.WithEDUSender(sender), syncapi.WithKeyServer(keys),
+		// Backfill on /messages from other servers (syncapi/backfill.go).
+		syncapi.WithBackfill(syncapi.BackfillConfig{ServerName: fed.ServerName(), Rooms: rs, Federation: fed.Client(), KeyRing: fed.KeyRing()}))
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
 	federationapi.NewTransactionHandler(fed, federationapi.TransactionDeps{Roomserver: rs, EDUs: sync, Sender: sender})
-	// Backfill on /messages from other servers (syncapi/backfill.go).
-	if err := sync.EnableBackfill(ctx, syncapi.BackfillConfig{ServerName: fed.ServerName(), Rooms: rs, Federation: fed.Client(), KeyRing: fed.KeyRing()}); err != nil {
-		db.Close()
-		return nil, err
-	}
-	bg, stop := context.WithCancel(context.Background())
-	sync.Start(bg)
-	sender.Start(bg)
-	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs, Sync: sync, Federation: fed, stop: stop}
-	s.Sender = sender
-	client := clientapi.New(cfg, accts, rs, sync)
-	s.Keys = keys
-	client.SetKeyServer(keys, sync)
-	// Read endpoints for other servers and OpenID tokens (federationapi/reads*.go, clientapi/openid.go).
+	// Read endpoints for other servers and OpenID tokens (federationapi/reads*.go).
 	fed.RegisterReads(rs, accts)
-	client.SetOpenIDTokenIssuer(fed.OpenIDTokens())
 	// Membership handshakes over federation, both directions (federationapi/membership*.go).
 	membership := federationapi.NewMembership(fed, rs, func(ctx context.Context, localpart string) (bool, error) {
 		acc, err := accts.Account(ctx, localpart)
@@ -127,9 +116,18 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 			return false, nil
 		}
 		return err == nil && !acc.Deactivated, err
+	}, sender)
+	client := clientapi.New(cfg, clientapi.Deps{
+		Accounts: accts, Rooms: rs, Waker: sync,
+		Keys: keys, KeyChanges: sync,
+		OpenID:           fed.OpenIDTokens(),
+		RemoteMembership: membership,
 	})
-	membership.SetForwarder(sender)
-	client.SetRemoteMembership(membership)
+	bg, stop := context.WithCancel(context.Background())
+	sync.Start(bg)
+	sender.Start(bg)
+	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs, Sync: sync, Federation: fed,
+		Keys: keys, Sender: sender, stop: stop}
 	s.Handler = s.routes(client)
 	return s, nil
 }
