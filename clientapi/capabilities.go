@@ -9,7 +9,6 @@ import (
 
 // Room versions: the rooms code creates rooms in defaultRoomVersion and
 // accepts those in roomVersions, all stable. Keep the two lists here.
-const defaultRoomVersion = "12"
 
 var roomVersions = []string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"}
 
@@ -39,7 +38,7 @@ func (a *API) capabilities(w http.ResponseWriter, r *http.Request, s *accounts.S
 		// Leaving a room never forgets it.
 		"m.forget_forced_upon_leave": enabled(false),
 		"m.room_versions": map[string]any{
-			"default":   defaultRoomVersion,
+			"default":   a.cfg.DefaultRoomVersion,
 			"available": available,
 		},
 		// m.account_moderation is left out: the spec omits it while

@@ -4,6 +4,8 @@
 package clientapi
 
 import (
+	"context"
+	"encoding/json"
 	"net/http"
 	"strings"
 
@@ -27,8 +29,10 @@ type API struct {
 	keys   *keyDeps // nil without a key server
 	openID OpenIDTokenIssuer
 	remote RemoteMembership
-	uiaa   *uiaaSessions
-	nonces *nonceStore
+	// queries is nil when federation is off.
+	queries RemoteQueries
+	uiaa    *uiaaSessions
+	nonces  *nonceStore
 
 	// limit is the general per-client limiter, authLimit the stricter one
 	// for login and registration; both nil when rate limiting is off.
@@ -55,12 +59,20 @@ type Deps struct {
 	// RemoteMembership runs joins, leaves, knocks and invites through
 	// other servers.
 	RemoteMembership RemoteMembership
+	// RemoteQueries asks other servers for profiles and room directories.
+	RemoteQueries RemoteQueries
+}
+
+// RemoteQueries are the questions the client API relays to other servers.
+type RemoteQueries interface {
+	RemoteProfile(ctx context.Context, userID string) (displayName, avatarURL string, err error)
+	RemotePublicRooms(ctx context.Context, server string, request any) (json.RawMessage, error)
 }
 
 // New makes the client API.
 func New(cfg *config.Config, d Deps) *API {
 	a := &API{cfg: cfg, accounts: d.Accounts, rooms: d.Rooms, waker: d.Waker, uiaa: newUIAASessions(), nonces: newNonceStore(),
-		openID: d.OpenID, remote: d.RemoteMembership}
+		openID: d.OpenID, remote: d.RemoteMembership, queries: d.RemoteQueries}
 	if d.Keys != nil {
 		a.keys = &keyDeps{keys: d.Keys, changes: d.KeyChanges}
 	}

@@ -147,7 +147,7 @@ func (a *API) planRoom(ctx context.Context, localpart string, req *createRoomReq
 	}
 	version := req.RoomVersion
 	if version == "" {
-		version = defaultRoomVersion
+		version = a.cfg.DefaultRoomVersion
 	}
 	if !slices.Contains(roomVersions, version) {
 		return plan, httputil.UnsupportedRoomV("This server does not support room version %q", version)

@@ -83,9 +83,17 @@ func (a *API) getRoomAlias(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	// Other servers' aliases need federation, which does not exist yet.
 	if !local {
-		return httputil.NotFound("Room alias %s not found: federation is not available yet", alias)
+		// Another server's alias: ask it.
+		if a.remote == nil {
+			return httputil.NotFound("Room alias %s not found", alias)
+		}
+		roomID, servers, err := a.remote.ResolveRemoteAlias(r.Context(), alias)
+		if err != nil {
+			return err
+		}
+		httputil.WriteJSON(w, http.StatusOK, map[string]any{"room_id": roomID, "servers": servers})
+		return nil
 	}
 	roomID, err := a.rooms.ResolveAlias(r.Context(), alias)
 	if err != nil {
@@ -399,7 +407,18 @@ func (a *API) publicRooms(w http.ResponseWriter, r *http.Request, req *publicRoo
 		if err := config.ValidateServerName(req.Server); err != nil {
 			return httputil.InvalidParam("Invalid server name")
 		}
-		return httputil.BadRequest("Cannot list the rooms of %s: federation is not available yet", req.Server)
+		if a.queries == nil {
+			return httputil.BadRequest("Cannot list the rooms of %s: federation is off", req.Server)
+		}
+		body, err := a.queries.RemotePublicRooms(r.Context(), req.Server, map[string]any{
+			"limit": req.Limit, "since": req.Since, "filter": req.Filter,
+			"include_all_networks": req.IncludeAllNetworks, "third_party_instance_id": req.ThirdPartyInstanceID,
+		})
+		if err != nil {
+			return err
+		}
+		httputil.WriteJSON(w, http.StatusOK, body)
+		return nil
 	}
 	limit := req.Limit
 	switch {

@@ -371,8 +371,9 @@ func TestPublicRooms(t *testing.T) {
 		s.ExpectError(401, "M_MISSING_TOKEN", "POST", "/_matrix/client/v3/publicRooms", "", map[string]any{})
 		s.ExpectError(400, "M_INVALID_PARAM", "POST", "/_matrix/client/v3/publicRooms", alice.AccessToken,
 			map[string]any{"include_all_networks": true, "third_party_instance_id": "irc"})
-		// Another server's directory needs federation.
-		s.ExpectError(400, "M_UNKNOWN", "GET", "/_matrix/client/v3/publicRooms?server=elsewhere.example", "", nil)
+		// Another server's directory is asked over federation; one that
+		// cannot be reached is a gateway error.
+		s.ExpectError(502, "M_UNKNOWN", "GET", "/_matrix/client/v3/publicRooms?server=elsewhere.example", "", nil)
 		s.ExpectError(400, "M_INVALID_PARAM", "GET", "/_matrix/client/v3/publicRooms?server=bad_server!", "", nil)
 		s.MustOK("GET", "/_matrix/client/v3/publicRooms?server=localhost", "", nil)
 

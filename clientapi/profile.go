@@ -47,10 +47,16 @@ func (a *API) lookupProfile(r *http.Request) (accounts.Profile, error) {
 	if err != nil {
 		return accounts.Profile{}, httputil.InvalidParam("Invalid user ID: %v", err)
 	}
-	// Remote profiles need federation, which does not exist yet: until it
-	// does they are unknown here.
 	if uid.Server != a.cfg.ServerName {
-		return accounts.Profile{}, httputil.NotFound("Profile not found")
+		// Another server's user: ask their server.
+		if a.queries == nil {
+			return accounts.Profile{}, httputil.NotFound("Profile not found")
+		}
+		name, avatar, err := a.queries.RemoteProfile(r.Context(), uid.String())
+		if err != nil {
+			return accounts.Profile{}, err
+		}
+		return accounts.Profile{DisplayName: name, AvatarURL: avatar}, nil
 	}
 	// Local localparts are stored lower-case, and user IDs are
 	// case-sensitive: @Alice is not @alice.

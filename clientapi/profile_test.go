@@ -76,9 +76,9 @@ func TestProfileLookupErrors(t *testing.T) {
 		{dave.UserID + "/displayname", 404, "M_NOT_FOUND"},
 		// User IDs are case-sensitive and local ones lower-case.
 		{"@CAROL:localhost", 404, "M_NOT_FOUND"},
-		// Remote users are not looked up until federation exists.
-		{"@carol:elsewhere.example", 404, "M_NOT_FOUND"},
-		{"@carol:elsewhere.example/avatar_url", 404, "M_NOT_FOUND"},
+		// Another server's users are asked over federation: unreachable here.
+		{"@carol:elsewhere.example", 502, "M_UNKNOWN"},
+		{"@carol:elsewhere.example/avatar_url", 502, "M_UNKNOWN"},
 		{"carol", 400, "M_INVALID_PARAM"},
 		{"@carol", 400, "M_INVALID_PARAM"},
 		{"@:localhost", 400, "M_INVALID_PARAM"},

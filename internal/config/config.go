@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/matrix-org/gomatrixserverlib"
 	"gopkg.in/yaml.v3"
 )
 
@@ -34,6 +35,8 @@ type Config struct {
 	WellKnown          WellKnown    `yaml:"well_known"`
 	Federation         Federation   `yaml:"federation"`
 	Auth               Auth         `yaml:"auth"`
+	// DefaultRoomVersion is the version of rooms created without one.
+	DefaultRoomVersion string `yaml:"default_room_version"`
 
 	// DataDir is where the config was loaded for; not part of the file.
 	DataDir string `yaml:"-"`
@@ -163,6 +166,8 @@ func Default(serverName string) Config {
 			KeyValidity:       Duration(7 * 24 * time.Hour),
 		},
 		Auth: Auth{AccessTokenLifetime: Duration(5 * time.Minute)},
+		// The spec's recommended version.
+		DefaultRoomVersion: "12",
 	}
 }
 
@@ -214,6 +219,7 @@ var EnvVars = []struct{ Name, Field string }{
 	{"PLEXUS_GUEST_ACCESS", "registration.guest_access (true/false)"},
 	{"PLEXUS_RATE_LIMIT", "rate_limit.enabled (off/false disables, on/true enables)"},
 	{"PLEXUS_LOG_LEVEL", "log.level"},
+	{"PLEXUS_DEFAULT_ROOM_VERSION", "default_room_version"},
 	{"PLEXUS_FEDERATION_CA", "federation.ca_file"},
 	{"PLEXUS_FEDERATION_INSECURE", "federation.insecure_skip_verify (true/false)"},
 	{"PLEXUS_TRUSTED_KEY_SERVERS", "federation.trusted_key_servers (comma-separated; empty for none)"},
@@ -251,6 +257,7 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 	str("PLEXUS_DATABASE", &c.Database)
 	str("PLEXUS_REGISTRATION_SHARED_SECRET", &c.Registration.SharedSecret)
 	str("PLEXUS_LOG_LEVEL", &c.Log.Level)
+	str("PLEXUS_DEFAULT_ROOM_VERSION", &c.DefaultRoomVersion)
 	str("PLEXUS_FEDERATION_CA", &c.Federation.CAFile)
 	if v, ok := lookup("PLEXUS_TRUSTED_KEY_SERVERS"); ok {
 		c.Federation.TrustedKeyServers = nil
@@ -328,6 +335,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxRequestBodySize < 1024 {
 		return fmt.Errorf("max_request_body_size: %d bytes is too small (minimum 1024)", c.MaxRequestBodySize)
+	}
+	if v, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(c.DefaultRoomVersion)); err != nil || !v.Stable() {
+		return fmt.Errorf("default_room_version: %q is not a stable room version", c.DefaultRoomVersion)
 	}
 	if c.Auth.AccessTokenLifetime < Duration(time.Second) {
 		return errors.New("auth.access_token_lifetime: must be at least 1s")

@@ -87,6 +87,7 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		{func(c *Config) { c.Log.Format = "xml" }, "log.format"},
 		{func(c *Config) { c.MaxRequestBodySize = 10 }, "max_request_body_size"},
 		{func(c *Config) { c.Auth.AccessTokenLifetime = 0 }, "access_token_lifetime"},
+		{func(c *Config) { c.DefaultRoomVersion = "99" }, "default_room_version"},
 	}
 	for _, c := range cases {
 		cfg := Default("example.org")

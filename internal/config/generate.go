@@ -108,6 +108,10 @@ federation:
       public_key: {{q .PublicKey}}
       expired_ts: {{.ExpiredTS}}{{else}} []{{end}}
 
+# Version of rooms created without one: 12 is the spec's recommendation;
+# 10 or 11 for rooms that servers without version 12 (Dendrite 0.13) must join.
+default_room_version: {{q .DefaultRoomVersion}}
+
 auth:
   # Lifetime of access tokens issued together with a refresh token.
   access_token_lifetime: {{q .Auth.AccessTokenLifetime.String}}
