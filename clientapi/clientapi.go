@@ -31,6 +31,7 @@ type API struct {
 	remote RemoteMembership
 	// queries is nil when federation is off.
 	queries RemoteQueries
+	push    PushStore
 	uiaa    *uiaaSessions
 	nonces  *nonceStore
 
@@ -61,6 +62,8 @@ type Deps struct {
 	RemoteMembership RemoteMembership
 	// RemoteQueries asks other servers for profiles and room directories.
 	RemoteQueries RemoteQueries
+	// Push stores pushers and serves notifications (the sync API).
+	Push PushStore
 }
 
 // RemoteQueries are the questions the client API relays to other servers.
@@ -72,7 +75,7 @@ type RemoteQueries interface {
 // New makes the client API.
 func New(cfg *config.Config, d Deps) *API {
 	a := &API{cfg: cfg, accounts: d.Accounts, rooms: d.Rooms, waker: d.Waker, uiaa: newUIAASessions(), nonces: newNonceStore(),
-		openID: d.OpenID, remote: d.RemoteMembership, queries: d.RemoteQueries}
+		openID: d.OpenID, remote: d.RemoteMembership, queries: d.RemoteQueries, push: d.Push}
 	if d.Keys != nil {
 		a.keys = &keyDeps{keys: d.Keys, changes: d.KeyChanges}
 	}
@@ -100,6 +103,7 @@ func (a *API) Register(root *mux.Router) {
 	a.registerRoomRoutes(r)
 	a.registerOpenIDRoutes(r)
 	a.registerKeyRoutes(r) // keys.go: /keys/* and /room_keys/* (end-to-end encryption)
+	a.registerPushRoutes(r)
 	a.registerAdminRoutes(root)
 }
 

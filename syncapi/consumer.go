@@ -38,6 +38,8 @@ type consumer struct {
 	notifier *notifier
 	pos      atomic.Int64
 	log      *logrus.Entry
+	// push records notifications as events are stored; nil without WithPush.
+	push *pushEvaluator
 }
 
 func newConsumer(ctx context.Context, db *storage.DB, rs Roomserver, n *notifier) (*consumer, error) {
@@ -127,6 +129,12 @@ func (c *consumer) consume(ctx context.Context, out rsapi.OutputEvent) ([]string
 			if err := c.refresh(ctx, tx, ev.Redacts()); err != nil {
 				return err
 			}
+		}
+		// Push rules (push.go): record the notifications this event makes
+		// for the room's local users, in this transaction, so that unread
+		// counts change in the same sync as the event arrives.
+		if err := c.recordNotifications(ctx, tx, out); err != nil {
+			return err
 		}
 		_, err := tx.ExecContext(ctx, sqlSetConsumerPos, consumerName, out.Position)
 		return err

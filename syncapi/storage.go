@@ -117,6 +117,44 @@ CREATE TABLE syncapi_lazy_members (
 	member TEXT NOT NULL,
 	PRIMARY KEY (user_id, device_id, room_id, member)
 );`,
+}, {
+	// Push (push.go, notifications.go, pushers.go): the notifications push
+	// rules made for each local user, which drive unread counts and
+	// /notifications, and the users' pushers.
+	Version: 5,
+	SQL: `
+CREATE TABLE syncapi_notifications (
+	user_id TEXT NOT NULL,
+	-- the event's stream position (one notification per event and user)
+	pos BIGINT NOT NULL,
+	room_id TEXT NOT NULL,
+	event_id TEXT NOT NULL,
+	-- 'main', or the root event ID of the thread the event is in
+	thread_id TEXT NOT NULL,
+	highlight BOOLEAN NOT NULL,
+	-- the actions of the rule that matched, a JSON array
+	actions TEXT NOT NULL,
+	ts BIGINT NOT NULL,
+	PRIMARY KEY (user_id, pos)
+);
+CREATE INDEX syncapi_notifications_room ON syncapi_notifications (user_id, room_id, pos);
+CREATE TABLE syncapi_pushers (
+	user_id TEXT NOT NULL,
+	app_id TEXT NOT NULL,
+	pushkey TEXT NOT NULL,
+	kind TEXT NOT NULL,
+	app_display_name TEXT NOT NULL,
+	device_display_name TEXT NOT NULL,
+	profile_tag TEXT NOT NULL,
+	lang TEXT NOT NULL,
+	-- a JSON object
+	data TEXT NOT NULL,
+	-- the device that set it
+	device_id TEXT NOT NULL,
+	created_ts BIGINT NOT NULL,
+	PRIMARY KEY (app_id, pushkey, user_id)
+);
+CREATE INDEX syncapi_pushers_user ON syncapi_pushers (user_id);`,
 }}
 
 const (

@@ -426,13 +426,16 @@ func (b *builder) joinedRoom(ctx context.Context, roomID string, full bool, acco
 	if full {
 		from = 0
 	}
-	tl, start, err := b.timeline(ctx, roomID, from, b.now, full)
+	tl, start, hidden, err := b.timeline(ctx, roomID, from, b.now, full)
 	if err != nil {
 		return nil, err
 	}
 	var stateEvents []clientevent.Event
 	if full {
 		stateEvents, err = b.fullState(ctx, roomID, b.stateAnchor(start, b.now), tl.Events)
+		if err == nil {
+			stateEvents, err = b.withHiddenState(ctx, roomID, b.now, hidden, stateEvents)
+		}
 	} else {
 		stateEvents, err = b.stateDelta(ctx, roomID, b.since, b.stateAnchor(start, b.now))
 	}
@@ -445,6 +448,16 @@ func (b *builder) joinedRoom(ctx context.Context, roomID string, full bool, acco
 	if !full && b.lazyLoading() {
 		if stateEvents, err = b.lazyMembers(ctx, roomID, start, tl.Events, stateEvents); err != nil {
 			return nil, err
+		}
+	}
+	if b.lazyLoading() {
+		// Member events the device gets in any form are ones it has.
+		for _, list := range [][]clientevent.Event{tl.Events, stateEvents} {
+			for _, ev := range list {
+				if ev.Type == spec.MRoomMember && ev.StateKey != nil {
+					b.lazy.add(roomID, *ev.StateKey)
+				}
+			}
 		}
 	}
 	jr := &joinedRoom{
@@ -494,7 +507,7 @@ func (b *builder) leftRoom(ctx context.Context, roomID string, leavePos int64, p
 	if b.initial || prev != spec.Join {
 		from = leavePos - 1
 	}
-	tl, start, err := b.timeline(ctx, roomID, from, leavePos, true)
+	tl, start, _, err := b.timeline(ctx, roomID, from, leavePos, true)
 	if err != nil {
 		return nil, err
 	}
@@ -515,7 +528,7 @@ func (b *builder) leftRoom(ctx context.Context, roomID string, leavePos int64, p
 // timeline returns the newest events of a room in (from, to] that pass
 // the timeline filter, at most the limit, and the position just before
 // the first one returned.
-func (b *builder) timeline(ctx context.Context, roomID string, from, to int64, checkVisibility bool) (timeline, int64, error) {
+func (b *builder) timeline(ctx context.Context, roomID string, from, to int64, checkVisibility bool) (timeline, int64, []storedEvent, error) {
 	filter := b.timelineFilter()
 	limit := defaultTimelineLimit
 	if filter != nil && filter.Limit > 0 {
@@ -527,7 +540,7 @@ func (b *builder) timeline(ctx context.Context, roomID string, from, to int64, c
 	for {
 		batch, err := b.eventsDesc(ctx, roomID, from, cursor, limit+1)
 		if err != nil {
-			return timeline{}, 0, err
+			return timeline{}, 0, nil, err
 		}
 		for _, ev := range batch {
 			cursor = ev.pos - 1
@@ -548,12 +561,22 @@ func (b *builder) timeline(ctx context.Context, roomID string, from, to int64, c
 		}
 	}
 	slices.Reverse(picked)
+	var hidden []storedEvent
 	if checkVisibility && len(picked) > 0 {
 		// A user new to the room sees its history only as its history
 		// visibility allows.
 		visible, err := b.visible(ctx, picked)
 		if err != nil {
-			return timeline{}, 0, err
+			return timeline{}, 0, nil, err
+		}
+		kept := make(map[string]bool, len(visible))
+		for _, ev := range visible {
+			kept[ev.pdu.EventID()] = true
+		}
+		for _, ev := range picked {
+			if !kept[ev.pdu.EventID()] && ev.pdu.StateKey() != nil {
+				hidden = append(hidden, ev)
+			}
 		}
 		picked = visible
 	}
@@ -571,16 +594,50 @@ func (b *builder) timeline(ctx context.Context, roomID string, from, to int64, c
 		}
 		events[i] = b.format(ev.pdu, opts)
 	}
-	// A limited timeline's prev_batch pages back into the gap. An
-	// unlimited one holds everything since the last sync, and its
-	// prev_batch is the window's end, as other servers do: paging back from
-	// it returns the timeline again and then what came before (clients
-	// drop the events they have).
+	// prev_batch pages back from the timeline's start, except in an
+	// initial sync whose timeline holds the whole room: there it is the
+	// window's end, as other servers do (SyTest relies on paging back from
+	// an initial sync's prev_batch returning events; clients drop the ones
+	// they have).
 	prevBatch := start
-	if !limited {
+	if !limited && from == 0 {
 		prevBatch = to
 	}
-	return timeline{Events: events, Limited: limited, PrevBatch: Token{PDU: prevBatch}.String()}, start, nil
+	return timeline{Events: events, Limited: limited, PrevBatch: Token{PDU: prevBatch}.String()}, start, hidden, nil
+}
+
+// withHiddenState adds to a full state the state events the timeline hid
+// from the user (history visibility) that are still current at position
+// to: the user may not see when they happened, but must know the room as
+// it is now (a member who joined while the user was away).
+func (b *builder) withHiddenState(ctx context.Context, roomID string, to int64, hidden []storedEvent, stateEvents []clientevent.Event) ([]clientevent.Event, error) {
+	if len(hidden) == 0 {
+		return stateEvents, nil
+	}
+	current, err := b.stateAt(ctx, roomID, to)
+	if err != nil {
+		return nil, err
+	}
+	isCurrent := make(map[string]bool, len(current))
+	for _, id := range current {
+		isCurrent[id] = true
+	}
+	for _, h := range hidden {
+		if !isCurrent[h.pdu.EventID()] {
+			continue
+		}
+		ev := b.format(h.pdu, clientevent.Options{OmitRoomID: true})
+		replaced := false
+		for i, s := range stateEvents {
+			if s.Type == ev.Type && s.StateKey != nil && ev.StateKey != nil && *s.StateKey == *ev.StateKey {
+				stateEvents[i], replaced = ev, true
+			}
+		}
+		if !replaced {
+			stateEvents = append(stateEvents, ev)
+		}
+	}
+	return stateEvents, nil
 }
 
 // format serves an event as the filter asks: client or federation

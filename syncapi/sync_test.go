@@ -380,3 +380,31 @@ func TestIgnoredUsersAndHistoryVisibilityInSync(t *testing.T) {
 		t.Fatalf("named room has heroes: %s", r.Get(rooms+".summary").Raw)
 	}
 }
+
+// A member who joined while the user was away from a joined-only room is
+// hidden from the user's timeline, but the user must still learn of them:
+// their current member event comes in the state.
+func TestHiddenStateChangesReachTheStateSection(t *testing.T) {
+	s := testserver.New(t)
+	alice := s.Register("alice", "pw")
+	bob := s.Register("bob", "pw")
+	carol := s.Register("carol", "pw")
+	roomID := createRoom(t, s, alice.UserID)
+	rooms := "rooms.join." + gjson.Escape(roomID)
+	hv := ""
+	sendEvent(t, s, roomID, alice.UserID, "m.room.history_visibility", &hv, map[string]string{"history_visibility": "joined"})
+	setMembership(t, s, roomID, bob.UserID, bob.UserID, "join")
+	r := syncUntil(t, s, bob, "", "", func(r gjson.Result) bool { return r.Get(rooms).Exists() })
+	next := r.Get("next_batch").String()
+	setMembership(t, s, roomID, bob.UserID, bob.UserID, "leave")
+	carolJoin := setMembership(t, s, roomID, carol.UserID, carol.UserID, "join")
+	rejoin := setMembership(t, s, roomID, bob.UserID, bob.UserID, "join")
+	r = syncUntil(t, s, bob, next, "", func(r gjson.Result) bool {
+		return r.Get(rooms + ".timeline.events.#(event_id==" + rejoin + ")").Exists()
+	})
+	inTimeline := r.Get(rooms + ".timeline.events.#(event_id==" + carolJoin + ")").Exists()
+	inState := r.Get(rooms + ".state.events.#(event_id==" + carolJoin + ")").Exists()
+	if !inTimeline && !inState {
+		t.Fatalf("carol's join is nowhere in bob's sync: %s", r.Get(rooms).Raw)
+	}
+}

@@ -1,33 +1,21 @@
 package syncapi
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
-	"encoding/json"
-	"strings"
-
-	"github.com/tidwall/gjson"
 )
 
-// Unread counts, until push rules exist: a notification is a message,
-// encrypted event or sticker from someone else after the user's read
-// receipt, except edits and notices (as the default push rules
-// .m.rule.suppress_edits and .m.rule.suppress_notices have it); it is a
-// highlight when it mentions the user's ID or display name. Push rule
-// evaluation will replace all of this.
+// Unread counts are the notifications push rules recorded for the user
+// (push.go) after their read receipts: m.read or m.read.private, whichever
+// is further, per thread when the receipts are threaded. A notification
+// is a highlight when its rule set the highlight tweak.
 const (
-	unreadWhere = `room_id = $1 AND pos > $2 AND pos <= $3 AND sender <> $4
-		AND type IN ('m.room.message', 'm.room.encrypted', 'm.sticker')
-		AND event_json NOT LIKE '%"rel_type":"m.replace"%' AND event_json NOT LIKE '%"msgtype":"m.notice"%'`
-	// $5 and $6 are the patterns of highlightPatterns.
-	unreadHighlight = `CASE WHEN LOWER(event_json) LIKE $5 ESCAPE '!' OR LOWER(event_json) LIKE $6 ESCAPE '!' THEN 1 ELSE 0 END`
-
-	sqlUnreadCounts = `SELECT COUNT(*), COALESCE(SUM(` + unreadHighlight + `), 0) FROM syncapi_events WHERE ` + unreadWhere
-	// The unread events that may be in threads, newest first; at most
-	// 1000 per room and sync, older ones count in the main timeline.
-	sqlUnreadThreadEvents = `SELECT pos, event_json, ` + unreadHighlight + ` FROM syncapi_events WHERE ` + unreadWhere + `
-		AND event_json LIKE '%"rel_type":"m.thread"%' ORDER BY pos DESC LIMIT 1000`
+	// The user's notifications in a room after a position, by thread.
+	sqlUnreadByThread = `SELECT thread_id, COUNT(*), COALESCE(SUM(CASE WHEN highlight THEN 1 ELSE 0 END), 0)
+		FROM syncapi_notifications WHERE user_id = $1 AND room_id = $2 AND pos > $3 AND pos <= $4 GROUP BY thread_id`
+	// One thread's, for a thread read further than the unthreaded receipt.
+	sqlUnreadInThread = `SELECT COUNT(*), COALESCE(SUM(CASE WHEN highlight THEN 1 ELSE 0 END), 0)
+		FROM syncapi_notifications WHERE user_id = $1 AND room_id = $2 AND thread_id = $3 AND pos > $4 AND pos <= $5`
 )
 
 // readMarks is where the user's read receipts (m.read or m.read.private,
@@ -43,6 +31,14 @@ func (m readMarks) mainMark() int64 { return max(m.unthreaded, m.main) }
 
 // threadMark is where a thread is read up to.
 func (m readMarks) threadMark(root string) int64 { return max(m.unthreaded, m.threads[root]) }
+
+// mark is where a notification's thread ("main" or a root) is read up to.
+func (m readMarks) mark(thread string) int64 {
+	if thread == mainThread {
+		return m.mainMark()
+	}
+	return m.threadMark(thread)
+}
 
 // readPositions loads the user's read marks in every room.
 func readPositions(ctx context.Context, tx *sql.Tx, userID string) (map[string]readMarks, error) {
@@ -81,8 +77,13 @@ func (c unreadCounts) json() map[string]int {
 	return map[string]int{"notification_count": c.notifications, "highlight_count": c.highlights}
 }
 
+func (c unreadCounts) add(o unreadCounts) unreadCounts {
+	return unreadCounts{c.notifications + o.notifications, c.highlights + o.highlights}
+}
+
 // unreadQuery counts one room's unread notifications for a user, up to
-// stream position to.
+// stream position to. (displayName is no longer used: push rules decided
+// mentions when the event arrived.)
 type unreadQuery struct {
 	roomID, userID, displayName string
 	marks                       readMarks
@@ -91,78 +92,55 @@ type unreadQuery struct {
 
 // counts returns the room's counts and, when threads is set, the counts
 // of each thread with unread notifications, the room's counts then being
-// those of the main timeline only.
+// those of the main timeline only. Without threads, the room's counts
+// are the sum over the main timeline and the threads, each after its own
+// receipt.
 func (u unreadQuery) counts(ctx context.Context, tx *sql.Tx, threads bool) (unreadCounts, map[string]unreadCounts, error) {
-	var c unreadCounts
-	byUser, byName := highlightPatterns(u.userID, u.displayName)
-	from := u.marks.mainMark()
-	if err := tx.QueryRowContext(ctx, sqlUnreadCounts, u.roomID, from, u.to, u.userID, byUser, byName).
-		Scan(&c.notifications, &c.highlights); err != nil {
-		return c, nil, err
-	}
-	if !threads {
-		return c, nil, nil
-	}
-	rows, err := tx.QueryContext(ctx, sqlUnreadThreadEvents, u.roomID, u.marks.unthreaded, u.to, u.userID, byUser, byName)
+	var main unreadCounts
+	from := u.marks.unthreaded
+	rows, err := tx.QueryContext(ctx, sqlUnreadByThread, u.userID, u.roomID, from, u.to)
 	if err != nil {
-		return c, nil, err
+		return main, nil, err
 	}
-	defer rows.Close()
-	perThread := map[string]unreadCounts{}
+	byThread := map[string]unreadCounts{}
 	for rows.Next() {
-		var pos int64
-		var js string
-		var highlight int
-		if err := rows.Scan(&pos, &js, &highlight); err != nil {
-			return c, nil, err
+		var thread string
+		var c unreadCounts
+		if err := rows.Scan(&thread, &c.notifications, &c.highlights); err != nil {
+			rows.Close()
+			return main, nil, err
 		}
-		rel := gjson.Get(js, `content.m\.relates_to`)
-		root := rel.Get("event_id").String()
-		if rel.Get("rel_type").String() != "m.thread" || root == "" {
-			continue // a main timeline event that merely mentions threads
+		byThread[thread] = c
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return main, nil, err
+	}
+	// A thread (or the main timeline) read further than the unthreaded
+	// receipt is counted again from its own receipt.
+	for thread := range byThread {
+		mark := u.marks.mark(thread)
+		if mark <= from {
+			continue
 		}
-		if pos > from { // counted above, but belongs to its thread
-			c.notifications--
-			c.highlights -= highlight
+		var c unreadCounts
+		if err := tx.QueryRowContext(ctx, sqlUnreadInThread, u.userID, u.roomID, thread, mark, u.to).
+			Scan(&c.notifications, &c.highlights); err != nil {
+			return main, nil, err
 		}
-		if pos > u.marks.threadMark(root) {
-			t := perThread[root]
-			t.notifications++
-			t.highlights += highlight
-			perThread[root] = t
+		if c.notifications == 0 {
+			delete(byThread, thread)
+		} else {
+			byThread[thread] = c
 		}
 	}
-	return c, perThread, rows.Err()
-}
-
-// highlightPatterns are the LIKE patterns, on the lower-cased event JSON,
-// for a mention of the user: their ID anywhere in the event (the body,
-// pills in formatted_body, m.mentions), or their display name in the
-// content from the body on (in canonical JSON "body" is the content's
-// first key and "depth" the key after the content). Without a display
-// name both patterns are the ID's. SQLite lower-cases only ASCII, so
-// other letters match case-sensitively there.
-func highlightPatterns(userID, displayName string) (string, string) {
-	byUser := "%" + likeEscape(strings.ToLower(userID)) + "%"
-	name := strings.TrimSpace(displayName)
-	if name == "" {
-		return byUser, byUser
+	main = byThread[mainThread]
+	delete(byThread, mainThread)
+	if !threads {
+		for _, c := range byThread {
+			main = main.add(c)
+		}
+		return main, nil, nil
 	}
-	return byUser, `%"body":"%` + likeEscape(strings.ToLower(jsonStringBody(name))) + `%"depth":%`
-}
-
-// jsonStringBody is s as it appears inside a JSON string.
-func jsonStringBody(s string) string {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(s)
-	out := strings.TrimSpace(b.String())
-	return out[1 : len(out)-1]
-}
-
-// likeEscape makes s match literally in a LIKE pattern with ESCAPE '!'.
-func likeEscape(s string) string {
-	r := strings.NewReplacer("!", "!!", "%", "!%", "_", "!_")
-	return r.Replace(s)
+	return main, byThread, nil
 }

@@ -93,16 +93,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	}
 	// End-to-end encryption keys (keyserver/): /sync reads its device list
 	// stream and key counts, the client API serves /keys/* and /room_keys/*.
-	// Other servers' users' keys come through the federation API
-	// (federationapi/keys*.go), which then follows the device list stream
-	// to send our users' changes.
-	remoteKeys := federationapi.NewRemoteKeys(fed, rs)
-	keys, err := keyserver.New(ctx, db, cfg.ServerName, accts, keyserver.WithRemoteKeys(remoteKeys))
-	if err != nil {
-		db.Close()
-		return nil, err
-	}
-	deviceLists, err := federationapi.NewDeviceListSender(ctx, sender, keys)
+	keys, err := keyserver.New(ctx, db, cfg.ServerName, accts)
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -110,15 +101,17 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	sync, err := syncapi.New(ctx, db, cfg.ServerName, rs, accts,
 		syncapi.WithEDUSender(sender), syncapi.WithKeyServer(keys),
 		// Backfill on /messages from other servers (syncapi/backfill.go).
-		syncapi.WithBackfill(syncapi.BackfillConfig{ServerName: fed.ServerName(), Rooms: rs, Federation: fed.Client(), KeyRing: fed.KeyRing()}))
+		syncapi.WithBackfill(syncapi.BackfillConfig{ServerName: fed.ServerName(), Rooms: rs, Federation: fed.Client(), KeyRing: fed.KeyRing()}),
+		// Push rules drive unread counts and /notifications
+		// (syncapi/push.go); the client API reaches them as Deps.Push.
+		syncapi.WithPush())
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
-	federationapi.NewTransactionHandler(fed, federationapi.TransactionDeps{Roomserver: rs, EDUs: sync, Sender: sender,
-		Keys: federationapi.NewKeyUpdates(keys, remoteKeys)})
+	federationapi.NewTransactionHandler(fed, federationapi.TransactionDeps{Roomserver: rs, EDUs: sync, Sender: sender})
 	// Read endpoints for other servers and OpenID tokens (federationapi/reads*.go).
-	fed.RegisterReads(rs, federationapi.ReadAccountsWithKeys(accts, keys))
+	fed.RegisterReads(rs, accts)
 	// Membership handshakes over federation, both directions (federationapi/membership*.go).
 	membership := federationapi.NewMembership(fed, rs, func(ctx context.Context, localpart string) (bool, error) {
 		acc, err := accts.Account(ctx, localpart)
@@ -133,11 +126,11 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		OpenID:           fed.OpenIDTokens(),
 		RemoteMembership: membership,
 		RemoteQueries:    federationapi.NewQueries(fed),
+		Push:             sync,
 	})
 	bg, stop := context.WithCancel(context.Background())
 	sync.Start(bg)
 	sender.Start(bg)
-	deviceLists.Start(bg) // Shutdown waits for it with the sender
 	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs, Sync: sync, Federation: fed,
 		Keys: keys, Sender: sender, stop: stop}
 	s.Handler = s.routes(client)
