@@ -45,14 +45,16 @@ type readsAPI struct {
 	f        *FederationAPI
 	rooms    ReadRooms
 	accounts ReadAccounts
-	openID   *OpenIDTokens
-	now      func() time.Time
+	// keyServer serves /user/devices and /user/keys/*; nil leaves them empty.
+	keyServer ReadKeys
+	openID    *OpenIDTokens
+	now       func() time.Time
 }
 
 // RegisterReads registers the read endpoints; call it before the server
 // serves (internal/server does).
-func (f *FederationAPI) RegisterReads(rooms ReadRooms, accts ReadAccounts) {
-	h := &readsAPI{f: f, rooms: rooms, accounts: accts, openID: f.OpenIDTokens(), now: time.Now}
+func (f *FederationAPI) RegisterReads(rooms ReadRooms, accts ReadAccounts, keys ReadKeys) {
+	h := &readsAPI{f: f, rooms: rooms, accounts: accts, keyServer: keys, openID: f.OpenIDTokens(), now: time.Now}
 	const v1 = "/_matrix/federation/v1"
 	f.Handle(v1+"/backfill/{roomId}", h.backfill, http.MethodGet)
 	f.Handle(v1+"/get_missing_events/{roomId}", h.getMissingEvents, http.MethodPost)

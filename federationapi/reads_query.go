@@ -1,6 +1,7 @@
 package federationapi
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -16,12 +17,13 @@ import (
 	"github.com/plexus-chat/plexus/internal/config"
 	"github.com/plexus-chat/plexus/internal/httputil"
 	"github.com/plexus-chat/plexus/internal/mxid"
+	"github.com/plexus-chat/plexus/keyserver"
 	rsapi "github.com/plexus-chat/plexus/roomserver/api"
 )
 
 // Queries other servers make about our users and rooms: /query/profile,
 // /query/directory, /publicRooms, /user/devices and the E2EE key
-// endpoints (empty until the key server exists).
+// endpoints (from the key server, see keys_remote.go).
 
 // localUser parses a user ID and returns its localpart when it is one of
 // ours: 400 when it is not a user ID, 404 when it is someone else's.
@@ -305,16 +307,29 @@ func (t readsDirectoryToken) position(rooms []rsapi.PublicRoom) int {
 	return n
 }
 
-// readsDevice is one device of /user/devices.
-type readsDevice struct {
-	DeviceID    string `json:"device_id"`
-	DisplayName string `json:"device_display_name,omitempty"`
-	// Keys (the device's identity keys, which the spec requires) are left
-	// out: they come with the key server, which will fill them in here.
-	Keys json.RawMessage `json:"keys,omitempty"`
+// ReadKeys is what /user/devices and /user/keys/* need from the key
+// server. Without it (nil to RegisterReads) our users have no keys for
+// other servers to see.
+type ReadKeys interface {
+	UserDevices(ctx context.Context, userID string) (*keyserver.UserDevices, error)
+	QueryKeys(ctx context.Context, requester string, deviceKeys map[string][]string) (*keyserver.QueryResponse, error)
+	ClaimKeys(ctx context.Context, requester string, oneTimeKeys map[string]map[string]string) (*keyserver.ClaimResponse, error)
 }
 
-// userDevices serves GET /user/devices/{userId}.
+// keys is the key server, nil when RegisterReads was given none.
+func (h *readsAPI) keys() ReadKeys { return h.keyServer }
+
+// readsDevice is one device of /user/devices.
+type readsDevice struct {
+	DeviceID string `json:"device_id"`
+	// Keys are the device's identity keys.
+	Keys json.RawMessage `json:"keys"`
+}
+
+// userDevices serves GET /user/devices/{userId}: the devices with keys,
+// the stream_id that the user's next m.device_list_update names as its
+// prev_id (keys_outbound.go), and the master and self-signing keys.
+// Device names stay on this server.
 func (h *readsAPI) userDevices(w http.ResponseWriter, r *http.Request, _ *fclient.FederationRequest, _ spec.ServerName) error {
 	userID := httputil.Vars(r)["userId"]
 	localpart, err := h.localUser(userID)
@@ -329,27 +344,33 @@ func (h *readsAPI) userDevices(w http.ResponseWriter, r *http.Request, _ *fclien
 	if err != nil {
 		return err
 	}
-	devices, err := h.accounts.Devices(ctx, localpart)
+	keys := h.keys()
+	if keys == nil {
+		httputil.WriteJSON(w, http.StatusOK, map[string]any{"user_id": userID, "stream_id": 0, "devices": []readsDevice{}})
+		return nil
+	}
+	d, err := keys.UserDevices(ctx, userID)
 	if err != nil {
 		return err
 	}
-	out := make([]readsDevice, 0, len(devices))
-	for _, d := range devices {
-		out = append(out, readsDevice{DeviceID: d.DeviceID, DisplayName: d.DisplayName})
+	out := make([]readsDevice, 0, len(d.Devices))
+	for _, dev := range d.Devices {
+		out = append(out, readsDevice{DeviceID: dev.DeviceID, Keys: dev.Keys})
 	}
-	httputil.WriteJSON(w, http.StatusOK, map[string]any{
-		"user_id": userID,
-		// The version of the device list in m.device_list_update EDUs:
-		// none are sent until the key server exists, so 0.
-		"stream_id": 0,
-		"devices":   out,
-	})
+	resp := map[string]any{"user_id": userID, "stream_id": d.StreamID, "devices": out}
+	if d.MasterKey != nil {
+		resp["master_key"] = d.MasterKey
+	}
+	if d.SelfSigningKey != nil {
+		resp["self_signing_key"] = d.SelfSigningKey
+	}
+	httputil.WriteJSON(w, http.StatusOK, resp)
 	return nil
 }
 
-// userKeysQuery serves POST /user/keys/query. Until the key server exists
-// no user has device keys: the answer is empty. The key server will fill
-// it (and master/self-signing keys).
+// userKeysQuery serves POST /user/keys/query: our users' device keys
+// (without their names) and master and self-signing keys, with the
+// signatures every server may see.
 func (h *readsAPI) userKeysQuery(w http.ResponseWriter, r *http.Request, req *fclient.FederationRequest, _ spec.ServerName) error {
 	var body struct {
 		DeviceKeys map[string][]string `json:"device_keys"`
@@ -360,13 +381,46 @@ func (h *readsAPI) userKeysQuery(w http.ResponseWriter, r *http.Request, req *fc
 	if body.DeviceKeys == nil {
 		return httputil.BadJSON("device_keys is required")
 	}
-	httputil.WriteJSON(w, http.StatusOK, map[string]any{"device_keys": map[string]any{}})
+	keys := h.keys()
+	if keys == nil {
+		httputil.WriteJSON(w, http.StatusOK, map[string]any{"device_keys": map[string]any{}})
+		return nil
+	}
+	// Requester "": only our users, no user-signing keys or their signatures.
+	q, err := keys.QueryKeys(r.Context(), "", body.DeviceKeys)
+	if err != nil {
+		return err
+	}
+	for _, devices := range q.DeviceKeys {
+		for id, dk := range devices {
+			devices[id] = withoutUnsigned(dk)
+		}
+	}
+	httputil.WriteJSON(w, http.StatusOK, map[string]any{
+		"device_keys": q.DeviceKeys, "master_keys": q.MasterKeys, "self_signing_keys": q.SelfSigningKeys,
+	})
 	return nil
 }
 
-// userKeysClaim serves POST /user/keys/claim. Until the key server exists
-// there are no one-time keys to claim: the answer is empty, which the key
-// server will fill.
+// withoutUnsigned drops a device's "unsigned" (its name, here).
+func withoutUnsigned(raw json.RawMessage) json.RawMessage {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return raw
+	}
+	if _, ok := m["unsigned"]; !ok {
+		return raw
+	}
+	delete(m, "unsigned")
+	out, err := json.Marshal(m)
+	if err != nil {
+		return raw
+	}
+	return out
+}
+
+// userKeysClaim serves POST /user/keys/claim: one one-time key (or the
+// fallback key) per asked device of our users.
 func (h *readsAPI) userKeysClaim(w http.ResponseWriter, r *http.Request, req *fclient.FederationRequest, _ spec.ServerName) error {
 	var body struct {
 		OneTimeKeys map[string]map[string]string `json:"one_time_keys"`
@@ -377,6 +431,15 @@ func (h *readsAPI) userKeysClaim(w http.ResponseWriter, r *http.Request, req *fc
 	if body.OneTimeKeys == nil {
 		return httputil.BadJSON("one_time_keys is required")
 	}
-	httputil.WriteJSON(w, http.StatusOK, map[string]any{"one_time_keys": map[string]any{}})
+	keys := h.keys()
+	if keys == nil {
+		httputil.WriteJSON(w, http.StatusOK, map[string]any{"one_time_keys": map[string]any{}})
+		return nil
+	}
+	c, err := keys.ClaimKeys(r.Context(), "", body.OneTimeKeys)
+	if err != nil {
+		return err
+	}
+	httputil.WriteJSON(w, http.StatusOK, map[string]any{"one_time_keys": c.OneTimeKeys})
 	return nil
 }

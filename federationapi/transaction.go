@@ -80,8 +80,8 @@ type EDUSink interface {
 }
 
 // KeyUpdateSink takes device list and cross-signing key updates from
-// other servers. The key server will implement it; until then the
-// handler accepts these EDUs and ignores them.
+// other servers, about users of the origin; KeyUpdates (keys_inbound.go)
+// implements it over the key server.
 type KeyUpdateSink interface {
 	RemoteDeviceListUpdate(ctx context.Context, origin spec.ServerName, content json.RawMessage) error
 	RemoteSigningKeyUpdate(ctx context.Context, origin spec.ServerName, content json.RawMessage) error
@@ -91,8 +91,8 @@ type KeyUpdateSink interface {
 type TransactionDeps struct {
 	Roomserver TransactionRoomserver
 	EDUs       EDUSink
-	// Keys is nil until the key server exists (m.device_list_update and
-	// m.signing_key_update are then accepted and ignored).
+	// Keys takes m.device_list_update and m.signing_key_update; when nil
+	// they are accepted and ignored.
 	Keys KeyUpdateSink
 	// Sender, when set, learns that an origin is up when it sends us a
 	// transaction, and stops backing off from it.

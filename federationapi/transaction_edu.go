@@ -235,8 +235,8 @@ func (h *TransactionHandler) toDeviceEDU(ctx context.Context, origin spec.Server
 }
 
 // keyEDU passes device list and cross-signing key updates of the origin's
-// users to the key server. There is no key server yet: they are accepted
-// and ignored (KeyUpdateSink is the place it plugs in).
+// users to the key server (through KeyUpdateSink; without one they are
+// accepted and ignored).
 func (h *TransactionHandler) keyEDU(ctx context.Context, origin spec.ServerName, eduType string, content json.RawMessage) error {
 	var c struct {
 		UserID string `json:"user_id"`

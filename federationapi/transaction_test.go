@@ -413,7 +413,7 @@ func TestInboundEDUs(t *testing.T) {
 		t.Fatalf("to-device messages %v, want each once", got)
 	}
 
-	// Key updates are accepted and ignored until there is a key server.
+	// Key updates are accepted (this test server has no key server wired).
 	x.sendEDUs(txEDU("m.device_list_update", map[string]any{"user_id": carol.ID(), "device_id": "D", "stream_id": 1}),
 		txEDU("m.signing_key_update", map[string]any{"user_id": carol.ID()}),
 		txEDU("m.unknown", map[string]any{}), "not an object")

@@ -118,8 +118,9 @@ type DeviceListUpdate struct {
 	DeviceID    string
 	DisplayName string
 	StreamID    int64
-	// PrevIDs are the stream IDs of the user's previous change (local: at
-	// most one; none for the user's first).
+	// PrevIDs are the stream IDs of the user's previous device change
+	// (local: at most one; none for the user's first, and none for
+	// cross-signing changes, whose m.signing_key_update has no chain).
 	PrevIDs []int64
 	Deleted bool
 	// Keys is the device's keys as uploaded (with the signatures others may
@@ -154,6 +155,10 @@ type RemoteKeys interface {
 	// ClaimKeys claims one-time keys of server's users (user -> device ->
 	// algorithm).
 	ClaimKeys(ctx context.Context, server string, oneTimeKeys map[string]map[string]string) (map[string]map[string]map[string]json.RawMessage, error)
+	// SharesRoom reports whether a local user shares a room with a remote
+	// user. Only then does the user's server send us their device list
+	// updates, so only then is their list cached (see remote.go).
+	SharesRoom(ctx context.Context, userID string) (bool, error)
 }
 
 // API is the key server as other components see it. Users are full user
@@ -219,6 +224,11 @@ type API interface {
 	RemoteDeviceListStreamID(ctx context.Context, userID string) (id int64, ok bool, err error)
 	// ApplyRemoteCrossSigningKeys stores an m.signing_key_update.
 	ApplyRemoteCrossSigningKeys(ctx context.Context, userID string, master, selfSigning json.RawMessage) error
+	// ForgetRemoteDeviceList drops a remote user's cached device list
+	// (a resync failed): until it is cached again, queries ask the
+	// user's server. The change is recorded, so that room-mates' clients
+	// query again.
+	ForgetRemoteDeviceList(ctx context.Context, userID string) error
 
 	// Key backup. Versions are opaque strings to clients.
 	CreateBackup(ctx context.Context, userID, algorithm string, authData json.RawMessage) (string, error)

@@ -7,8 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
-
-	"github.com/sirupsen/logrus"
 )
 
 // Key algorithms of one-time and fallback keys this server accepts.
@@ -309,35 +307,14 @@ func (k *KeyServer) QueryKeys(ctx context.Context, requester string, query map[s
 			// only about our users.
 			continue
 		}
-		// A remote user whose device list the federation API keeps fresh
-		// (device list updates) is answered from the cache.
-		if _, cached, err := k.RemoteDeviceListStreamID(ctx, userID); err != nil {
-			return nil, err
-		} else if cached {
-			if err := k.queryUser(ctx, requester, userID, "", devices, resp); err != nil {
-				return nil, err
-			}
-			continue
-		}
 		if remote[server] == nil {
 			remote[server] = map[string][]string{}
 		}
 		remote[server][userID] = devices
 	}
-	for _, server := range sortedKeys(remote) {
-		if k.remote == nil {
-			// Federation of keys comes later (WithRemoteKeys): until then
-			// other servers' users are reported as unreachable.
-			resp.Failures[server] = map[string]any{}
-			continue
-		}
-		r, err := k.remote.QueryKeys(ctx, server, remote[server])
-		if err != nil {
-			logrus.WithError(err).WithField("server", server).Warn("cannot query remote keys")
-			resp.Failures[server] = map[string]any{}
-			continue
-		}
-		mergeRemoteQuery(resp, r, server)
+	// From the cache or the users' servers (remote.go).
+	if err := k.queryRemote(ctx, requester, remote, resp); err != nil {
+		return nil, err
 	}
 	return resp, nil
 }
@@ -514,24 +491,7 @@ func (k *KeyServer) ClaimKeys(ctx context.Context, requester string, query map[s
 			resp.OneTimeKeys[userID][deviceID] = map[string]json.RawMessage{keyID: json.RawMessage(js)}
 		}
 	}
-	for _, server := range sortedKeys(remote) {
-		if k.remote == nil {
-			// Federation of keys comes later (WithRemoteKeys).
-			resp.Failures[server] = map[string]any{}
-			continue
-		}
-		got, err := k.remote.ClaimKeys(ctx, server, remote[server])
-		if err != nil {
-			logrus.WithError(err).WithField("server", server).Warn("cannot claim remote keys")
-			resp.Failures[server] = map[string]any{}
-			continue
-		}
-		for u, devs := range got {
-			if serverOf(u) == server {
-				resp.OneTimeKeys[u] = devs
-			}
-		}
-	}
+	k.claimRemote(ctx, remote, resp) // remote.go
 	return resp, nil
 }
 

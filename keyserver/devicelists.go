@@ -55,11 +55,16 @@ func (k *KeyServer) LocalDeviceListUpdates(ctx context.Context, after int64, lim
 				continue
 			}
 			u := DeviceListUpdate{UserID: r.user, DeviceID: r.device, StreamID: r.pos, Deleted: r.deleted}
-			if err := k.db.Reader().QueryRowContext(ctx, sqlPrevChange, r.user, r.pos).Scan(&r.prev); err != nil {
-				return nil, err
-			}
-			if r.prev.Valid {
-				u.PrevIDs = []int64{r.prev.Int64}
+			if r.device != "" {
+				// The prev_id chain of m.device_list_update links device
+				// changes only: cross-signing changes travel as
+				// m.signing_key_update, which has no stream_id.
+				if err := k.db.Reader().QueryRowContext(ctx, sqlPrevDeviceChange, r.user, r.pos).Scan(&r.prev); err != nil {
+					return nil, err
+				}
+				if r.prev.Valid {
+					u.PrevIDs = []int64{r.prev.Int64}
+				}
 			}
 			if r.device != "" && !r.deleted {
 				keys, err := k.deviceKeysForServers(ctx, r.user, r.device)
@@ -106,7 +111,9 @@ func (k *KeyServer) UserDevices(ctx context.Context, userID string) (*UserDevice
 	}
 	d := &UserDevices{UserID: userID, MasterKey: q.MasterKeys[userID], SelfSigningKey: q.SelfSigningKeys[userID]}
 	var latest sql.NullInt64
-	if err := k.db.Reader().QueryRowContext(ctx, sqlLatestChange, userID).Scan(&latest); err != nil {
+	// The stream_id of the user's latest m.device_list_update, which the
+	// next one names as its prev_id.
+	if err := k.db.Reader().QueryRowContext(ctx, sqlLatestDeviceChange, userID).Scan(&latest); err != nil {
 		return nil, err
 	}
 	d.StreamID = latest.Int64
@@ -176,6 +183,13 @@ func (k *KeyServer) ApplyRemoteDeviceListUpdate(ctx context.Context, u DeviceLis
 // ReplaceRemoteDeviceList implements API. Devices whose keys do not check
 // out are left out.
 func (k *KeyServer) ReplaceRemoteDeviceList(ctx context.Context, d UserDevices) error {
+	return k.replaceRemoteDeviceList(ctx, d, true)
+}
+
+// replaceRemoteDeviceList stores a remote user's whole list; record is
+// false when it starts being cached (remote.go): nothing changed for
+// clients, who were answered by the user's server until then.
+func (k *KeyServer) replaceRemoteDeviceList(ctx context.Context, d UserDevices, record bool) error {
 	if _, local := k.localpart(d.UserID); local || serverOf(d.UserID) == "" {
 		return newErr(CodeInvalidParam, "not a remote user")
 	}
@@ -202,11 +216,14 @@ func (k *KeyServer) ReplaceRemoteDeviceList(ctx context.Context, d UserDevices) 
 				return err
 			}
 		}
-		if err := k.storeRemoteCrossSigning(ctx, tx, d.UserID, cs); err != nil {
+		if _, err := k.storeRemoteCrossSigning(ctx, tx, d.UserID, cs); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, sqlUpsertRemoteList, d.UserID, d.StreamID); err != nil {
 			return err
+		}
+		if !record {
+			return nil
 		}
 		return c.record(ctx, tx, d.UserID, "", false)
 	})
@@ -222,8 +239,9 @@ func (k *KeyServer) ApplyRemoteCrossSigningKeys(ctx context.Context, userID stri
 		return err
 	}
 	return k.withChanges(ctx, func(tx *sql.Tx, c *changes) error {
-		if err := k.storeRemoteCrossSigning(ctx, tx, userID, cs); err != nil {
-			return err
+		changed, err := k.storeRemoteCrossSigning(ctx, tx, userID, cs)
+		if err != nil || !changed {
+			return err // the same keys again (servers resend them) change nothing
 		}
 		return c.record(ctx, tx, userID, "", false)
 	})
@@ -249,10 +267,11 @@ func parseRemoteCrossSigning(userID string, master, selfSigning json.RawMessage)
 
 // storeRemoteCrossSigning stores a remote user's master and self-signing
 // keys; a self-signing key must be signed by the (new or held) master key.
-func (k *KeyServer) storeRemoteCrossSigning(ctx context.Context, tx *sql.Tx, userID string, keys []newCrossSigningKey) error {
+// changed is false when they were held already.
+func (k *KeyServer) storeRemoteCrossSigning(ctx context.Context, tx *sql.Tx, userID string, keys []newCrossSigningKey) (changed bool, err error) {
 	existing, err := k.crossSigningKeys(ctx, tx, userID)
 	if err != nil {
-		return err
+		return false, err
 	}
 	masterPub := existing[purposeMaster].pub
 	for _, nk := range keys {
@@ -263,7 +282,7 @@ func (k *KeyServer) storeRemoteCrossSigning(ctx context.Context, tx *sql.Tx, use
 	for _, nk := range keys {
 		if nk.purpose == purposeSelfSigning {
 			if masterPub == "" || verify(nk.canonical, userID, "ed25519:"+masterPub, masterPub) != nil {
-				return newErr(CodeInvalidSignature, "the self-signing key is not signed by the master key")
+				return false, newErr(CodeInvalidSignature, "the self-signing key is not signed by the master key")
 			}
 		}
 	}
@@ -272,14 +291,15 @@ func (k *KeyServer) storeRemoteCrossSigning(ctx context.Context, tx *sql.Tx, use
 		if had && bytes.Equal(old.json, nk.canonical) {
 			continue
 		}
+		changed = true
 		if had && old.pub != nk.pub && nk.purpose == purposeMaster {
 			if _, err := tx.ExecContext(ctx, sqlDeleteTargetSigs, userID, old.pub); err != nil {
-				return err
+				return false, err
 			}
 		}
 		if _, err := tx.ExecContext(ctx, sqlUpsertCrossSigning, userID, nk.purpose, nk.pub, string(nk.canonical)); err != nil {
-			return err
+			return false, err
 		}
 	}
-	return nil
+	return changed, nil
 }

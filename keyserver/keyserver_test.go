@@ -308,6 +308,7 @@ func TestUserDevices(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		lastDevice := ks.DeviceListPosition()
 		cs := keytest.NewCrossSigning(t, alice)
 		if err := ks.UploadCrossSigningKeys(ctx, alice, keyserver.CrossSigningUpload{
 			MasterKey: cs.MasterKey(), SelfSigningKey: cs.SelfSigningKey(), UserSigningKey: cs.UserSigningKey(),
@@ -318,7 +319,9 @@ func TestUserDevices(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(ud.Devices) != 2 || ud.StreamID != ks.DeviceListPosition() || ud.MasterKey == nil || ud.SelfSigningKey == nil {
+		// stream_id is the last device change (what the next
+		// m.device_list_update names as prev_id), not the cross-signing one.
+		if len(ud.Devices) != 2 || ud.StreamID != lastDevice || ud.MasterKey == nil || ud.SelfSigningKey == nil {
 			t.Fatalf("user devices: %+v", ud)
 		}
 		if gjson.GetBytes(ud.Devices[0].Keys, "unsigned").Exists() {

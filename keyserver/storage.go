@@ -137,8 +137,10 @@ const (
 	sqlChangedUsers = `SELECT DISTINCT user_id FROM keyserver_device_list_changes WHERE pos > $1 AND pos <= $2`
 	sqlChangesAfter = `SELECT pos, user_id, device_id, deleted FROM keyserver_device_list_changes
 		WHERE pos > $1 AND pos <= $2 ORDER BY pos LIMIT $3`
-	sqlPrevChange   = `SELECT MAX(pos) FROM keyserver_device_list_changes WHERE user_id = $1 AND pos < $2`
-	sqlLatestChange = `SELECT MAX(pos) FROM keyserver_device_list_changes WHERE user_id = $1`
+	// Device changes only (device_id '' is a cross-signing change): the
+	// prev_id and stream_id of m.device_list_update.
+	sqlPrevDeviceChange   = `SELECT MAX(pos) FROM keyserver_device_list_changes WHERE user_id = $1 AND pos < $2 AND device_id <> ''`
+	sqlLatestDeviceChange = `SELECT MAX(pos) FROM keyserver_device_list_changes WHERE user_id = $1 AND device_id <> ''`
 
 	sqlSelectDeviceKeys = `SELECT device_id, key_json, display_name FROM keyserver_device_keys WHERE user_id = $1 ORDER BY device_id`
 	sqlSelectDeviceKey  = `SELECT key_json, ed25519 FROM keyserver_device_keys WHERE user_id = $1 AND device_id = $2`

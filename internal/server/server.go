@@ -93,7 +93,16 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	}
 	// End-to-end encryption keys (keyserver/): /sync reads its device list
 	// stream and key counts, the client API serves /keys/* and /room_keys/*.
-	keys, err := keyserver.New(ctx, db, cfg.ServerName, accts)
+	// Other servers' users' keys come through the federation API
+	// (federationapi/keys*.go), which then follows the device list stream
+	// to send our users' changes.
+	remoteKeys := federationapi.NewRemoteKeys(fed, rs)
+	keys, err := keyserver.New(ctx, db, cfg.ServerName, accts, keyserver.WithRemoteKeys(remoteKeys))
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	deviceLists, err := federationapi.NewDeviceListSender(ctx, sender, keys)
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -109,9 +118,10 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
-	federationapi.NewTransactionHandler(fed, federationapi.TransactionDeps{Roomserver: rs, EDUs: sync, Sender: sender})
+	federationapi.NewTransactionHandler(fed, federationapi.TransactionDeps{Roomserver: rs, EDUs: sync, Sender: sender,
+		Keys: federationapi.NewKeyUpdates(keys, remoteKeys)})
 	// Read endpoints for other servers and OpenID tokens (federationapi/reads*.go).
-	fed.RegisterReads(rs, accts)
+	fed.RegisterReads(rs, accts, keys)
 	// Membership handshakes over federation, both directions (federationapi/membership*.go).
 	membership := federationapi.NewMembership(fed, rs, func(ctx context.Context, localpart string) (bool, error) {
 		acc, err := accts.Account(ctx, localpart)
@@ -131,6 +141,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	bg, stop := context.WithCancel(context.Background())
 	sync.Start(bg)
 	sender.Start(bg)
+	deviceLists.Start(bg) // Shutdown waits for it with the sender
 	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs, Sync: sync, Federation: fed,
 		Keys: keys, Sender: sender, stop: stop}
 	s.Handler = s.routes(client)
