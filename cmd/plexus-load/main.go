@@ -14,7 +14,8 @@
 //	send    -users users join -rooms rooms, then -senders goroutines send
 //	        messages (sender i into room i % rooms) for -duration: events/s
 //	join    one public room grows to each of -members; at each size -samples
-//	        fresh users join (timed: the join that makes member N) and leave
+//	        fresh users join (timed: the join that makes member N) and leave,
+//	        each join starting on an idle server (with -pid: CPU at rest)
 //
 // With -pid, the server's CPU time (utime+stime from /proc) is read around
 // each phase and reported per operation, and its resident memory at the
@@ -87,7 +88,7 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", 20*time.Second, "how long each create and send phase runs")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured sending before the send phase")
 	flag.StringVar(&members, "members", "10,100,700", "join mode: room sizes to measure the join that makes member N")
-	flag.IntVar(&o.samples, "samples", 10, "join mode: joins measured at each size")
+	flag.IntVar(&o.samples, "samples", 20, "join mode: joins measured at each size")
 	flag.IntVar(&o.conc, "conc", 8, "concurrency of the setup (registration, growing the room)")
 	flag.IntVar(&o.pid, "pid", 0, "server process ID, to report its CPU time and memory (Linux /proc)")
 	flag.DurationVar(&o.settle, "settle", 5*time.Second, "with -pid: idle time before the final memory reading")
@@ -246,8 +247,22 @@ func joinPhase(ctx context.Context, c *bench.Client, o options, owner *bench.Use
 	if err != nil {
 		return nil, err
 	}
+	// Each measured join starts on an idle server (with -pid), as its
+	// background work for earlier joins would otherwise be measured too.
+	// After growing the room the server may have minutes of background
+	// work queued (a sync stream catching up); between joins, seconds.
+	settle := func(grown bool) {
+		wait := 20 * time.Second
+		if grown {
+			wait = 30 * time.Minute
+		}
+		_, _ = bench.WaitIdle(o.pid, wait)
+	}
+	if o.pid == 0 {
+		settle = func(bool) { time.Sleep(time.Second) }
+	}
 	pts, err := bench.JoinSeries(ctx, c, owner, roomID, members, joiners, o.members, o.samples, o.conc,
-		func(s string) { logf("join: %s", s) })
+		settle, func(s string) { logf("join: %s", s) })
 	for _, p := range pts {
 		logf("join: member %d: join %s; leave p50=%.2fms", p.Members, p.Join, float64(p.Leave.P50)/1e6)
 	}

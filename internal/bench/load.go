@@ -186,8 +186,15 @@ type JoinPoint struct {
 // that makes member N) and leaves again (timed apart), so the room is
 // back at N-1. The room's creator, owner, is member 1; growing joins
 // that a server answers with 202 (finishing in the background) are
-// waited for through owner's view of the joined members.
-func JoinSeries(ctx context.Context, c *Client, owner *User, roomID string, members, joiners []*User, sizes []int, samples, conc int, progress func(string)) ([]JoinPoint, error) {
+// waited for through owner's view of the joined members. settle, when
+// not nil, is called after growing (grown true) and before each measured
+// join: it should wait until the server has finished its background work
+// (its sync stream catching up with thousands of joins would otherwise be
+// measured too).
+func JoinSeries(ctx context.Context, c *Client, owner *User, roomID string, members, joiners []*User, sizes []int, samples, conc int, settle func(grown bool), progress func(string)) ([]JoinPoint, error) {
+	if settle == nil {
+		settle = func(bool) {}
+	}
 	if !slices.IsSorted(sizes) {
 		return nil, errors.New("sizes must be ascending")
 	}
@@ -219,11 +226,15 @@ func JoinSeries(ctx context.Context, c *Client, owner *User, roomID string, memb
 			return out, err
 		}
 		have = max(have, size-1)
+		grown := time.Since(start)
+		settle(true)
 		if progress != nil {
-			progress(fmt.Sprintf("room has %d members (grown in %v)", have, time.Since(start).Round(time.Millisecond)))
+			progress(fmt.Sprintf("room has %d members (grown in %v, server idle after %v)", have,
+				grown.Round(time.Millisecond), time.Since(start).Round(time.Millisecond)))
 		}
 		var join, leave Recorder
 		for range samples {
+			settle(false)
 			u := joiners[0]
 			joiners = joiners[1:]
 			if err := join.Time(func() error { return c.Join(ctx, u, roomID) }); err != nil {
