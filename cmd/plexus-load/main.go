@@ -10,16 +10,20 @@
 //
 // Modes (comma-separated, or all):
 //
-//	create  -senders users create public rooms concurrently for -duration: rooms/s
-//	send    -users users join -rooms rooms, then -senders goroutines send
-//	        messages (sender i into room i % rooms) for -duration: events/s
+//	create  -senders goroutines create public rooms for -duration: rooms/s
+//	send    -senders goroutines join -rooms rooms, then send messages (sender
+//	        i into room i % rooms, each waiting for its answer) for -duration
+//	        after -warmup: events/s
 //	join    one public room grows to each of -members; at each size -samples
 //	        fresh users join (timed: the join that makes member N) and leave,
 //	        each join starting on an idle server (with -pid: CPU at rest)
 //
-// With -pid, the server's CPU time (utime+stime from /proc) is read around
-// each phase and reported per operation, and its resident memory at the
-// start and, after -settle, at the end. Users are named after -prefix
+// Senders and creators act as the -users registered users, round-robin.
+//
+// With -pid, the server's CPU time (utime+stime from /proc) is read from
+// when it is idle before a phase until it is idle again after (so that
+// background work the phase caused counts) and reported per operation,
+// and its resident memory at the start and, after -settle, at the end. Users are named after -prefix
 // (random by default) so runs against one server do not collide.
 package main
 
@@ -82,7 +86,7 @@ func main() {
 	flag.StringVar(&o.secret, "secret", "", "registration shared secret (default: open registration with m.login.dummy)")
 	flag.StringVar(&o.modes, "mode", "all", "what to measure: create, send, join (comma-separated) or all")
 	flag.StringVar(&o.prefix, "prefix", "", "user name prefix (default: random)")
-	flag.IntVar(&o.users, "users", 8, "users that send (each sender uses one, round-robin)")
+	flag.IntVar(&o.users, "users", 8, "users to register for create and send (senders and creators take them round-robin)")
 	flag.IntVar(&o.rooms, "rooms", 4, "rooms to send into")
 	flag.IntVar(&o.senders, "senders", 8, "concurrent senders (and room creators)")
 	flag.DurationVar(&o.duration, "duration", 20*time.Second, "how long each create and send phase runs")
@@ -145,7 +149,7 @@ func run(ctx context.Context, o options) error {
 		logf("server pid %d: RSS %.1f MiB at start", o.pid, mib(p.RSS))
 	}
 	start := time.Now()
-	users, err := bench.RegisterUsers(ctx, c, o.prefix+"s", max(o.users, o.senders), o.conc)
+	users, err := bench.RegisterUsers(ctx, c, o.prefix+"s", o.users, o.conc)
 	if err != nil {
 		return fmt.Errorf("register: %w", err)
 	}

@@ -229,7 +229,7 @@ func JoinSeries(ctx context.Context, c *Client, owner *User, roomID string, memb
 		grown := time.Since(start)
 		settle(true)
 		if progress != nil {
-			progress(fmt.Sprintf("room has %d members (grown in %v, server idle after %v)", have,
+			progress(fmt.Sprintf("room has %d members (grown in %v, settled after %v)", have,
 				grown.Round(time.Millisecond), time.Since(start).Round(time.Millisecond)))
 		}
 		var join, leave Recorder
