@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"container/heap"
 	"context"
-	"fmt"
 	"math"
 	"slices"
 	"sort"
@@ -626,32 +625,11 @@ const sqlFedEventsByIDPrefix = `SELECT ` + sqlEventColumns + ` FROM roomserver_e
 // fedEventsByIDs loads stored events by ID, 500 a query; unknown IDs are
 // missing from the map.
 func (r *Roomserver) fedEventsByIDs(ctx context.Context, q storage.Querier, ids []string) (map[string]*storedEvent, error) {
-	out := make(map[string]*storedEvent, len(ids))
-	const chunk = 500
-	for start := 0; start < len(ids); start += chunk {
-		part := ids[start:min(start+chunk, len(ids))]
-		args := make([]any, len(part))
-		ph := make([]string, len(part))
-		for i, id := range part {
-			args[i] = id
-			ph[i] = fmt.Sprintf("$%d", i+1)
-		}
-		rows, err := q.QueryContext(ctx, sqlFedEventsByIDPrefix+strings.Join(ph, ",")+")", args...)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			ev, err := scanEvent(rows)
-			if err != nil {
-				rows.Close()
-				return nil, err
-			}
-			out[ev.pdu.EventID()] = ev
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
+	keys := make([]any, len(ids))
+	for i, id := range ids {
+		keys[i] = id
 	}
-	return out, nil
+	out := make(map[string]*storedEvent, len(ids))
+	err := eventsIn(ctx, q, sqlFedEventsByIDPrefix, keys, func(ev *storedEvent) { out[ev.pdu.EventID()] = ev })
+	return out, err
 }

@@ -10,7 +10,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -165,34 +164,41 @@ func (r *Roomserver) eventByNID(ctx context.Context, q storage.Querier, nid int6
 	return ev, err
 }
 
-// eventsByNID loads events by numeric ID in bulk, in the order given.
-func (r *Roomserver) eventsByNID(ctx context.Context, q storage.Querier, nids []int64) ([]gomatrixserverlib.PDU, error) {
-	byNID := make(map[int64]gomatrixserverlib.PDU, len(nids))
+// eventsIn runs query (a SELECT of sqlEventColumns ending in "IN (")
+// over keys, 500 a statement, and hands each stored event to each.
+func eventsIn(ctx context.Context, q storage.Querier, query string, keys []any, each func(*storedEvent)) error {
 	const chunk = 500
-	for start := 0; start < len(nids); start += chunk {
-		part := nids[start:min(start+chunk, len(nids))]
-		args := make([]any, len(part))
-		ph := make([]string, len(part))
-		for i, nid := range part {
-			args[i] = nid
-			ph[i] = fmt.Sprintf("$%d", i+1)
-		}
-		rows, err := q.QueryContext(ctx, sqlSelectEventsByNIDPrefix+strings.Join(ph, ",")+")", args...)
+	for start := 0; start < len(keys); start += chunk {
+		part := keys[start:min(start+chunk, len(keys))]
+		rows, err := q.QueryContext(ctx, query+storage.Placeholders(1, len(part))+")", part...)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for rows.Next() {
 			ev, err := scanEvent(rows)
 			if err != nil {
 				rows.Close()
-				return nil, err
+				return err
 			}
-			byNID[ev.nid] = ev.pdu
+			each(ev)
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return nil, err
+			return err
 		}
+	}
+	return nil
+}
+
+// eventsByNID loads events by numeric ID in bulk, in the order given.
+func (r *Roomserver) eventsByNID(ctx context.Context, q storage.Querier, nids []int64) ([]gomatrixserverlib.PDU, error) {
+	keys := make([]any, len(nids))
+	for i, nid := range nids {
+		keys[i] = nid
+	}
+	byNID := make(map[int64]gomatrixserverlib.PDU, len(nids))
+	if err := eventsIn(ctx, q, sqlSelectEventsByNIDPrefix, keys, func(ev *storedEvent) { byNID[ev.nid] = ev.pdu }); err != nil {
+		return nil, err
 	}
 	out := make([]gomatrixserverlib.PDU, 0, len(nids))
 	for _, nid := range nids {
