@@ -40,10 +40,13 @@ type consumer struct {
 	log      *logrus.Entry
 	// push records notifications as events are stored; nil without WithPush.
 	push *pushEvaluator
+	// members mirrors each room's joined local users (members.go).
+	members *localMembers
 }
 
-func newConsumer(ctx context.Context, db *storage.DB, rs Roomserver, n *notifier) (*consumer, error) {
-	c := &consumer{db: db, rs: rs, notifier: n, log: logrus.WithField("component", "syncapi.consumer")}
+func newConsumer(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, n *notifier) (*consumer, error) {
+	c := &consumer{db: db, rs: rs, notifier: n, members: newLocalMembers(db, serverName),
+		log: logrus.WithField("component", "syncapi.consumer")}
 	var pos int64
 	err := db.Reader().QueryRowContext(ctx, sqlConsumerPos, consumerName).Scan(&pos)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
@@ -142,6 +145,7 @@ func (c *consumer) consume(ctx context.Context, out rsapi.OutputEvent) ([]string
 	if err != nil {
 		return nil, err
 	}
+	c.members.applied(out)
 	users, err := c.joinedUsers(ctx, out.RoomID)
 	if err != nil {
 		return nil, err
@@ -233,19 +237,8 @@ func (c *consumer) refresh(ctx context.Context, tx *sql.Tx, eventID string) erro
 	return err
 }
 
+// joinedUsers returns the room's joined local users: the ones whose
+// syncs an event in the room wakes.
 func (c *consumer) joinedUsers(ctx context.Context, roomID string) ([]string, error) {
-	rows, err := c.db.Reader().QueryContext(ctx, sqlJoinedUsers, roomID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var users []string
-	for rows.Next() {
-		var u string
-		if err := rows.Scan(&u); err != nil {
-			return nil, err
-		}
-		users = append(users, u)
-	}
-	return users, rows.Err()
+	return c.members.joined(ctx, roomID)
 }

@@ -57,7 +57,7 @@ func (c *consumer) recordNotifications(ctx context.Context, tx *sql.Tx, out rsap
 	if p == nil {
 		return nil
 	}
-	return p.record(ctx, tx, out)
+	return p.record(ctx, tx, out, c.members)
 }
 
 // PushRulesChanged drops a user's compiled rules after the client API
@@ -144,14 +144,16 @@ const mainThread = "main"
 // pushTarget is a local user the event is evaluated for.
 type pushTarget struct {
 	userID string
-	// memberJSON is their member event, for the display name ("" for an invitee).
+	// memberJSON is their member event, for the display name ("" for an
+	// invitee); with lazy set, it is read when a rule first asks.
 	memberJSON string
+	lazy       bool
 }
 
-func (p *pushEvaluator) record(ctx context.Context, tx *sql.Tx, out rsapi.OutputEvent) error {
+func (p *pushEvaluator) record(ctx context.Context, tx *sql.Tx, out rsapi.OutputEvent, members *localMembers) error {
 	ev := out.Event
 	sender := string(ev.SenderID())
-	targets, err := p.localMembers(ctx, tx, out.RoomID)
+	targets, err := p.targets(ctx, tx, out, members)
 	if err != nil {
 		return err
 	}
@@ -175,7 +177,7 @@ func (p *pushEvaluator) record(ctx context.Context, tx *sql.Tx, out rsapi.Output
 		if err != nil {
 			return err
 		}
-		o := rules.Evaluate(event, pushMember{pushRoom: room, memberJSON: t.memberJSON})
+		o := rules.Evaluate(event, &pushMember{pushRoom: room, userID: t.userID, memberJSON: t.memberJSON, lazy: t.lazy})
 		if room.err != nil {
 			return room.err
 		}
@@ -194,6 +196,28 @@ func (p *pushEvaluator) record(ctx context.Context, tx *sql.Tx, out rsapi.Output
 		}
 	}
 	return nil
+}
+
+// targets are the local users an event is evaluated for. Member events
+// take them from the cached member set without their member events: the
+// default rules never notify of them, and a join into a big room must not
+// read every member's event (members.go). Other events read the members
+// with their events in one query, as most need the display name.
+func (p *pushEvaluator) targets(ctx context.Context, tx *sql.Tx, out rsapi.OutputEvent, members *localMembers) ([]pushTarget, error) {
+	if out.Event.Type() == spec.MRoomMember && members != nil {
+		users, ok, err := members.joinedAfter(ctx, out)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			targets := make([]pushTarget, len(users))
+			for i, u := range users {
+				targets[i] = pushTarget{userID: u, lazy: true}
+			}
+			return targets, nil
+		}
+	}
+	return p.localMembers(ctx, tx, out.RoomID)
 }
 
 func (p *pushEvaluator) isLocal(userID string) bool {
@@ -355,10 +379,20 @@ func (r *pushRoom) loadPower() {
 // name there.
 type pushMember struct {
 	*pushRoom
+	userID     string
 	memberJSON string
+	lazy       bool
 }
 
-func (m pushMember) DisplayName() string {
+func (m *pushMember) DisplayName() string {
+	if m.lazy {
+		m.lazy = false
+		var version string
+		err := m.tx.QueryRowContext(m.ctx, sqlCurrentStateEvent, m.roomID, spec.MRoomMember, m.userID).Scan(&version, &m.memberJSON)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			m.fail(err)
+		}
+	}
 	if m.memberJSON == "" {
 		return ""
 	}

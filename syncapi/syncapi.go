@@ -55,7 +55,7 @@ func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, 
 		return nil, err
 	}
 	n := newNotifier()
-	c, err := newConsumer(ctx, db, rs, n)
+	c, err := newConsumer(ctx, db, serverName, rs, n)
 	if err != nil {
 		return nil, err
 	}
