@@ -35,11 +35,8 @@ func complementStart(args []string, stdout, stderr io.Writer) error {
 	if name == "" {
 		return errors.New("SERVER_NAME is not set")
 	}
-	// A FROM scratch image has no /tmp.
-	if tmp := os.Getenv("TMPDIR"); tmp != "" {
-		if err := os.MkdirAll(tmp, 0o700); err != nil {
-			return err
-		}
+	if err := ensureTempDir(); err != nil {
+		return err
 	}
 	certPath := filepath.Join(*dataDir, "tls.crt")
 	keyPath := filepath.Join(*dataDir, "tls.key")

@@ -113,6 +113,16 @@ func (c *common) loadConfig(stderr io.Writer) (*config.Config, error) {
 	return config.Load(path, c.dataDir)
 }
 
+// ensureTempDir makes $TMPDIR when it is set and missing: the FROM
+// scratch images (build/docker, build/complement) have no /tmp, so they
+// point TMPDIR into the data folder, which may be a fresh volume.
+func ensureTempDir() error {
+	if tmp := os.Getenv("TMPDIR"); tmp != "" {
+		return os.MkdirAll(tmp, 0o700)
+	}
+	return nil
+}
+
 func writeConfig(path string, cfg config.Config, force bool) error {
 	raw, err := config.Generate(cfg)
 	if err != nil {
@@ -142,6 +152,9 @@ func writeConfig(path string, cfg config.Config, force bool) error {
 func runServer(args []string, stdout, stderr io.Writer) error {
 	fs, c := newFlags("run", stderr)
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := ensureTempDir(); err != nil {
 		return err
 	}
 	cfg, err := c.loadConfig(stderr)
