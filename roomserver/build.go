@@ -192,7 +192,8 @@ func (r *Roomserver) sendLocal(ctx context.Context, t *txn, rm *room, ev api.New
 			return nil, err
 		}
 	}
-	res, err := r.inputEvent(ctx, t, rm, pdu, inputOpts{local: true})
+	authed := rm.snapshot
+	res, err := r.inputEvent(ctx, t, rm, pdu, inputOpts{local: true, authedAt: &authed})
 	if err != nil {
 		return nil, err
 	}
