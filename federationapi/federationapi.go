@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -121,6 +122,20 @@ func (f *FederationAPI) PrivateKey() ed25519.PrivateKey { return f.own.private }
 // and caching their keys as needed. Pass it wherever gomatrixserverlib
 // wants a JSONVerifier.
 func (f *FederationAPI) KeyRing() gomatrixserverlib.JSONVerifier { return f.keyRing }
+
+// KeyRingVia is the key ring with one more notary asked last: the server
+// we are joining a room through. A room's state holds events of servers
+// that may be down or gone; the resident server verified their keys when
+// those events reached it and serves them as a notary, signed with its own
+// key, which we fetch from it over TLS. Without it their members would be
+// missing from the state we accept.
+func (f *FederationAPI) KeyRingVia(server spec.ServerName) gomatrixserverlib.JSONVerifier {
+	if server == f.own.name {
+		return f.keyRing
+	}
+	fetchers := append(slices.Clone(f.keyRing.KeyFetchers), &perspectiveFetcher{notary: server, client: f.keyFetch})
+	return &gomatrixserverlib.KeyRing{KeyFetchers: fetchers, KeyDatabase: f.keys}
+}
 
 // Client makes signed federation requests from this server. Its methods
 // take the origin: pass ServerName().

@@ -328,7 +328,7 @@ func (m *Membership) joinVia(ctx context.Context, server spec.ServerName, roomID
 	// client gives up waiting.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), memJoinProcessingTimeout)
 	defer cancel()
-	if err := m.storeJoin(ctx, ours, resp); err != nil {
+	if err := m.storeJoin(ctx, ours, resp, m.fed.KeyRingVia(server)); err != nil {
 		return fmt.Errorf("%s: %w", server, err)
 	}
 	m.log.WithFields(logrus.Fields{"room_id": roomID, "user_id": userID, "server": server}).Info("joined room through another server")
@@ -339,7 +339,7 @@ func (m *Membership) joinVia(ctx context.Context, server spec.ServerName, roomID
 // hashes, the auth rules for each state and auth chain event at its auth
 // events, the join at the state), then stores the state and auth chain as
 // outliers and the join at that state.
-func (m *Membership) storeJoin(ctx context.Context, ours gomatrixserverlib.PDU, resp memSendJoinResponse) error {
+func (m *Membership) storeJoin(ctx context.Context, ours gomatrixserverlib.PDU, resp memSendJoinResponse, keys gomatrixserverlib.JSONVerifier) error {
 	version := ours.Version()
 	verImpl := gomatrixserverlib.MustGetRoomVersion(version)
 	roomID := ours.RoomID().String()
@@ -357,13 +357,13 @@ func (m *Membership) storeJoin(ctx context.Context, ours gomatrixserverlib.PDU, 
 			join = ev
 		}
 	}
-	if err := gomatrixserverlib.VerifyEventSignatures(ctx, join, m.fed.KeyRing(), memUserIDForSender); err != nil {
+	if err := gomatrixserverlib.VerifyEventSignatures(ctx, join, keys, memUserIDForSender); err != nil {
 		return fmt.Errorf("the join is not validly signed: %w", err)
 	}
 	authEvents, stateEvents, err := gomatrixserverlib.CheckStateResponse(ctx, &fclient.RespState{
 		StateEvents: gomatrixserverlib.EventJSONs(memRawJSONs(resp.State)),
 		AuthEvents:  gomatrixserverlib.EventJSONs(memRawJSONs(resp.AuthChain)),
-	}, version, m.fed.KeyRing(), nil, memUserIDForSender)
+	}, version, keys, nil, memUserIDForSender)
 	if err != nil {
 		return fmt.Errorf("invalid send_join answer: %w", err)
 	}

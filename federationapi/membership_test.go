@@ -475,3 +475,30 @@ func TestMembershipHandshakeChecks(t *testing.T) {
 		t.Fatalf("invite_state: %s", r.Get("rooms.invite").Raw)
 	}
 }
+
+// TestJoinRoomWithMembersOfServersThatAreDown joins a room one of whose
+// members' servers is down: that member's join, signed by a server we
+// cannot reach, is verified with the key the resident server vouches for
+// as a notary, and is part of the state the joining server keeps.
+func TestJoinRoomWithMembersOfServersThatAreDown(t *testing.T) {
+	servers := testserver.NewFederated(t, 3)
+	a, b, c := servers[0], servers[1], servers[2]
+	alice := a.Register("alice", "password")
+	bob := b.Register("bob", "password")
+	carol := c.Register("carol", "password")
+	roomID := mtCreateRoom(t, a, alice, map[string]any{"preset": "public_chat"})
+	via := "?server_name=" + url.QueryEscape(a.ServerName())
+	b.MustOK("POST", "/_matrix/client/v3/join/"+url.PathEscape(roomID)+via, bob.AccessToken, map[string]any{})
+	b.Stop()
+
+	c.MustOK("POST", "/_matrix/client/v3/join/"+url.PathEscape(roomID)+via, carol.AccessToken, map[string]any{})
+	if m := mtMembership(t, c, roomID, bob.UserID); m != "join" {
+		t.Fatalf("carol's server sees bob (whose server is down) as %q", m)
+	}
+	joined := c.MustOK("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/joined_members", carol.AccessToken, nil)
+	for _, u := range []string{alice.UserID, bob.UserID, carol.UserID} {
+		if !joined.Get("joined." + gjson.Escape(u)).Exists() {
+			t.Errorf("joined_members on carol's server lacks %s: %s", u, joined)
+		}
+	}
+}
