@@ -37,6 +37,50 @@ type reasonBody struct {
 	Reason string `json:"reason"`
 }
 
+// joinBody is the body of the join endpoints: a reason, and any other
+// keys the client put there, which go into the member event's content as
+// clients (and SyTest) expect, short of the keys the server sets.
+type joinBody struct {
+	Reason string
+	Extra  map[string]json.RawMessage
+}
+
+// joinReservedKeys are content keys a join body cannot set.
+var joinReservedKeys = map[string]bool{"membership": true, "reason": true, "third_party_signed": true,
+	"join_authorised_via_users_server": true, "displayname": true, "avatar_url": true}
+
+func readJoinBody(r *http.Request) (joinBody, error) {
+	var raw map[string]json.RawMessage
+	if err := readOptionalJSON(r, &raw); err != nil {
+		return joinBody{}, err
+	}
+	var b joinBody
+	if reason, ok := raw["reason"]; ok {
+		if err := json.Unmarshal(reason, &b.Reason); err != nil {
+			return b, httputil.BadJSON("reason must be a string")
+		}
+	}
+	for k, v := range raw {
+		if !joinReservedKeys[k] {
+			if b.Extra == nil {
+				b.Extra = map[string]json.RawMessage{}
+			}
+			b.Extra[k] = v
+		}
+	}
+	return b, nil
+}
+
+// withExtra adds a join body's extra keys to a member content.
+func (b joinBody) withExtra(content map[string]any) map[string]any {
+	for k, v := range b.Extra {
+		if _, set := content[k]; !set {
+			content[k] = v
+		}
+	}
+	return content
+}
+
 // pathRoomID is the {roomId} of the path, checked for shape only.
 func pathRoomID(r *http.Request) (string, error) {
 	id := httputil.Vars(r)["roomId"]
@@ -89,15 +133,15 @@ func viaServers(r *http.Request, fromAlias []string) []string {
 }
 
 func (a *API) joinByIDOrAlias(w http.ResponseWriter, r *http.Request, s *accounts.Session) error {
-	var req reasonBody
-	if err := readOptionalJSON(r, &req); err != nil {
+	req, err := readJoinBody(r)
+	if err != nil {
 		return err
 	}
 	roomID, servers, err := a.resolveRoom(r.Context(), httputil.Vars(r)["roomIdOrAlias"])
 	if err != nil {
 		return err
 	}
-	return a.join(w, r, s, roomID, viaServers(r, servers), req.Reason)
+	return a.join(w, r, s, roomID, viaServers(r, servers), req)
 }
 
 func (a *API) joinByID(w http.ResponseWriter, r *http.Request, s *accounts.Session) error {
@@ -107,11 +151,11 @@ func (a *API) joinByID(w http.ResponseWriter, r *http.Request, s *accounts.Sessi
 	}
 	// third_party_signed is not read: third-party invites need an identity
 	// server, which this server does not use.
-	var req reasonBody
-	if err := readOptionalJSON(r, &req); err != nil {
+	req, err := readJoinBody(r)
+	if err != nil {
 		return err
 	}
-	return a.join(w, r, s, roomID, nil, req.Reason)
+	return a.join(w, r, s, roomID, nil, req)
 }
 
 // join joins the user to a room: directly when a user of this server is
@@ -119,18 +163,18 @@ func (a *API) joinByID(w http.ResponseWriter, r *http.Request, s *accounts.Sessi
 // federation API finds: the inviter's, the one in the room ID). A room
 // this server knows but no other server can be asked about (a local room
 // everyone left) is joined directly if its state allows.
-func (a *API) join(w http.ResponseWriter, r *http.Request, s *accounts.Session, roomID string, servers []string, reason string) error {
+func (a *API) join(w http.ResponseWriter, r *http.Request, s *accounts.Session, roomID string, servers []string, body joinBody) error {
 	ctx := r.Context()
 	userID := a.userID(s.Localpart)
 	handled, err := a.viaRemote(ctx, roomID, userID, func(remote RemoteMembership) error {
 		if s.IsGuest {
 			return httputil.GuestForbidden("Guests may not join rooms of other servers")
 		}
-		content, err := a.ownMemberContent(ctx, s.Localpart, spec.Join, reason)
+		content, err := a.ownMemberContent(ctx, s.Localpart, spec.Join, body.Reason)
 		if err != nil {
 			return err
 		}
-		return remote.JoinRemoteRoom(ctx, roomID, userID, servers, content)
+		return remote.JoinRemoteRoom(ctx, roomID, userID, servers, body.withExtra(content))
 	})
 	if err != nil {
 		return roomError(err)
@@ -157,10 +201,11 @@ func (a *API) join(w http.ResponseWriter, r *http.Request, s *accounts.Session, 
 		if err != nil {
 			return roomError(err)
 		}
-		content, err := a.ownMemberContent(ctx, s.Localpart, spec.Join, reason)
+		content, err := a.ownMemberContent(ctx, s.Localpart, spec.Join, body.Reason)
 		if err != nil {
 			return err
 		}
+		content = body.withExtra(content)
 		if authoriser != "" {
 			content["join_authorised_via_users_server"] = authoriser
 		}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
+
+	"github.com/tidwall/gjson"
 
 	"github.com/plexus-chat/plexus/internal/config"
 	"github.com/plexus-chat/plexus/internal/testserver"
@@ -389,5 +392,29 @@ func TestGuestMembership(t *testing.T) {
 	s.ExpectError(403, "M_GUEST_ACCESS_FORBIDDEN", "POST", mbPath(open, "forget"), guest.AccessToken, nil)
 	if rooms := mbJoinedRooms(t, s, guest); len(rooms) != 0 {
 		t.Fatalf("guest's joined rooms after leaving: %v", rooms)
+	}
+}
+
+// TestJoinWithCustomContent checks that extra keys of a join body reach
+// the member event, while the keys the server sets cannot be overridden,
+// and that /joined_members always has both profile keys.
+func TestJoinWithCustomContent(t *testing.T) {
+	s := testserver.New(t)
+	alice := s.Register("alice", "password")
+	bob := s.Register("bob", "password")
+	roomID := s.MustOK("POST", "/_matrix/client/v3/createRoom", alice.AccessToken, map[string]any{"preset": "public_chat"}).Get("room_id").String()
+	s.MustOK("POST", mbJoinPath(roomID), bob.AccessToken, map[string]any{"foo": "bar", "membership": "leave", "reason": "hi",
+		"join_authorised_via_users_server": alice.UserID})
+	ev := s.MustOK("GET", mbPath(roomID, "state/m.room.member/"+url.PathEscape(bob.UserID)), bob.AccessToken, nil)
+	if ev.Get("foo").String() != "bar" || ev.Get("membership").String() != "join" || ev.Get("reason").String() != "hi" ||
+		ev.Get("join_authorised_via_users_server").Exists() {
+		t.Fatalf("member content: %s", ev)
+	}
+	s.ExpectError(400, "M_BAD_JSON", "POST", mbJoinPath(roomID), bob.AccessToken, map[string]any{"reason": 5})
+
+	joined := s.MustOK("GET", mbPath(roomID, "joined_members"), alice.AccessToken, nil)
+	me := joined.Get("joined." + strings.ReplaceAll(alice.UserID, ".", `\.`))
+	if !me.Get("display_name").Exists() || !me.Get("avatar_url").Exists() || me.Get("avatar_url").Type != gjson.Null {
+		t.Fatalf("joined_members entry: %s", joined)
 	}
 }

@@ -169,9 +169,11 @@ func keepMember(m, membership, notMembership string) bool {
 }
 
 // joinedMember is an entry of /joined_members.
+// Both keys are always there, null when the member event has none, as
+// clients (and SyTest) expect.
 type joinedMember struct {
-	DisplayName string `json:"display_name,omitempty"`
-	AvatarURL   string `json:"avatar_url,omitempty"`
+	DisplayName *string `json:"display_name"`
+	AvatarURL   *string `json:"avatar_url"`
 }
 
 // getJoinedMembers is GET /rooms/{roomId}/joined_members. The spec wants
@@ -201,10 +203,10 @@ func (a *API) getJoinedMembers(w http.ResponseWriter, r *http.Request, s *accoun
 		}
 		m := joinedMember{}
 		if v := c.Get("displayname"); v.Type == gjson.String {
-			m.DisplayName = v.String()
+			m.DisplayName = &v.Str
 		}
 		if v := c.Get("avatar_url"); v.Type == gjson.String {
-			m.AvatarURL = v.String()
+			m.AvatarURL = &v.Str
 		}
 		joined[*ev.StateKey()] = m
 	}

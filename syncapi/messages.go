@@ -138,19 +138,25 @@ func (s *SyncAPI) messages(w http.ResponseWriter, r *http.Request, sess *account
 		if err != nil {
 			return err
 		}
-		chunk, backfillEnd = append(chunk, more...), &end
+		// Nothing from other servers: the local start is the room's start.
+		if len(more) > 0 || end != "" {
+			chunk, backfillEnd = append(chunk, more...), &end
+		}
 	}
 	resp := map[string]any{
 		"start": Token{PDU: from}.String(),
 		"chunk": clientevent.FormatAll(chunk, clientevent.Options{}),
 	}
 	// Backwards, no end means the start of the room was reached. Forwards
-	// there is always an end: newer events may still come.
+	// there is always an end: newer events may still come. A chunk that
+	// reached the start still gets an end (which then gives an empty
+	// chunk), as clients and SyTest expect an end with every non-empty
+	// chunk.
 	if backfillEnd != nil {
 		if *backfillEnd != "" {
 			resp["end"] = *backfillEnd
 		}
-	} else if (!exhausted && limit > 0) || !backwards {
+	} else if (!exhausted && limit > 0) || !backwards || len(chunk) > 0 {
 		resp["end"] = Token{PDU: cursor}.String()
 	}
 	if filter != nil && filter.LazyLoadMembers {

@@ -34,10 +34,15 @@ func TestMessagesPaginationAndContext(t *testing.T) {
 		if m2.Get("chunk.0.event_id").String() != ids[1] {
 			t.Fatalf("second page: %s", m2)
 		}
-		// Paging all the way back ends without an end token.
+		// Paging all the way back: the page that reaches the start still
+		// has an end, from which the next page is empty and has none.
 		all := s.MustOK("GET", base+"/messages?dir=b&limit=100", alice.AccessToken, nil)
-		if all.Get("end").Exists() || all.Get("chunk.#(type==m.room.create)").Exists() == false {
+		if !all.Get("end").Exists() || all.Get("chunk.#(type==m.room.create)").Exists() == false {
 			t.Fatalf("full history: %s", all)
+		}
+		past := s.MustOK("GET", base+"/messages?dir=b&limit=100&from="+url.QueryEscape(all.Get("end").String()), alice.AccessToken, nil)
+		if past.Get("end").Exists() || len(past.Get("chunk").Array()) != 0 {
+			t.Fatalf("past the start: %s", past)
 		}
 		// Forwards from the start.
 		f := s.MustOK("GET", base+"/messages?dir=f&limit=1", alice.AccessToken, nil)
