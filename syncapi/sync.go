@@ -292,6 +292,8 @@ type builder struct {
 	since   int64 // PDU position the client has seen (0 when initial)
 	now     int64 // PDU position this sync goes up to
 	initial bool
+	// relations are the bundled aggregations of the timeline being built.
+	relations map[string]json.RawMessage
 }
 
 type membershipRow struct {
@@ -586,6 +588,10 @@ func (b *builder) timeline(ctx context.Context, roomID string, from, to int64, c
 	} else if limited {
 		start = cursor
 	}
+	// Bundled aggregations (aggregations.go) for the whole timeline at once.
+	if err := b.aggregate(ctx, picked); err != nil {
+		return timeline{}, 0, nil, err
+	}
 	events := make([]clientevent.Event, len(picked))
 	for i, ev := range picked {
 		opts := clientevent.Options{OmitRoomID: true}
@@ -644,6 +650,7 @@ func (b *builder) withHiddenState(ctx context.Context, roomID string, to int64, 
 // format, and only the event_fields it names.
 func (b *builder) format(pdu gomatrixserverlib.PDU, opts clientevent.Options) clientevent.Event {
 	ev := clientevent.Format(pdu, opts)
+	attachRelations(&ev, b.relations[pdu.EventID()])
 	if b.req.filter.EventFormat == eventfilter.EventFormatFederation {
 		ev.Raw = json.RawMessage(pdu.JSON())
 		return ev
