@@ -1,0 +1,365 @@
+package syncapi_test
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/plexus-chat/plexus/internal/testserver"
+)
+
+var txnCounter atomic.Int64
+
+// send sends an event through the client API and returns its ID.
+func send(t *testing.T, s *testserver.Server, u *testserver.User, roomID, evType string, content any) string {
+	t.Helper()
+	path := roomPath(roomID, fmt.Sprintf("/send/%s/t%d", url.PathEscape(evType), txnCounter.Add(1)))
+	return s.MustOK("PUT", path, u.AccessToken, content).Get("event_id").String()
+}
+
+func text(body string) map[string]any { return map[string]any{"msgtype": "m.text", "body": body} }
+
+// related is a message with a relation to parent.
+func related(body, relType, parent string) map[string]any {
+	c := text(body)
+	c["m.relates_to"] = map[string]any{"rel_type": relType, "event_id": parent}
+	return c
+}
+
+// editOf is a valid replacement of parent.
+func editOf(parent, body string) map[string]any {
+	c := related("* "+body, "m.replace", parent)
+	c["m.new_content"] = text(body)
+	return c
+}
+
+func relationsPath(roomID, eventID string, rest ...string) string {
+	p := "/_matrix/client/v1/rooms/" + url.PathEscape(roomID) + "/relations/" + url.PathEscape(eventID)
+	for _, r := range rest {
+		p += "/" + url.PathEscape(r)
+	}
+	return p
+}
+
+// waitSeen waits until the sync API has consumed an event (it shows in
+// /messages), so reads that follow see it.
+func waitSeen(t *testing.T, s *testserver.Server, u *testserver.User, roomID, eventID string) {
+	t.Helper()
+	syncUntil(t, s, u, "", `&filter={"room":{"timeline":{"limit":1}}}`, func(r gjson.Result) bool {
+		return r.Get("rooms.join." + gjson.Escape(roomID) + ".timeline.events.#(event_id==" + eventID + ")").Exists()
+	})
+}
+
+// ids lists the event IDs of a chunk.
+func ids(chunk gjson.Result) string {
+	var out []string
+	for _, e := range chunk.Array() {
+		out = append(out, e.Get("event_id").String())
+	}
+	return strings.Join(out, ",")
+}
+
+func list(ids ...string) string { return strings.Join(ids, ",") }
+
+func TestRelationsEndpoint(t *testing.T) {
+	testserver.ForEachDatabase(t, func(t *testing.T, s *testserver.Server) {
+		alice := s.Register("alice", "pw")
+		bob := s.Register("bob", "pw")
+		carol := s.Register("carol", "pw")
+		roomID := createRoom(t, s, alice.UserID)
+		joinRoom(t, s, bob, roomID)
+
+		root := send(t, s, alice, roomID, "m.room.message", text("root"))
+		r1 := send(t, s, bob, roomID, "m.room.message", related("one", "m.thread", root))
+		r2 := send(t, s, alice, roomID, "m.room.message", related("two", "m.thread", root))
+		e1 := send(t, s, alice, roomID, "m.room.message", editOf(root, "root edited"))
+		ref := send(t, s, bob, roomID, "m.room.message", related("see", "m.reference", root))
+		// Indirect children: a reaction to r1, and a reference to that.
+		reaction := send(t, s, alice, roomID, "m.reaction", map[string]any{"m.relates_to": map[string]any{"rel_type": "m.annotation", "event_id": r1, "key": "👍"}})
+		deep := send(t, s, bob, roomID, "m.room.message", related("deep", "m.reference", reaction))
+		waitSeen(t, s, alice, roomID, deep)
+
+		get := func(u *testserver.User, path string) gjson.Result {
+			return s.MustOK("GET", path, u.AccessToken, nil).JSON()
+		}
+		expect := func(what string, r gjson.Result, want string) {
+			t.Helper()
+			if got := ids(r.Get("chunk")); got != want {
+				t.Fatalf("%s: got %s, want %s (%s)", what, got, want, r.Raw)
+			}
+		}
+
+		// Direct children, newest first by default; the filter forms.
+		all := get(bob, relationsPath(roomID, root))
+		expect("all", all, list(ref, e1, r2, r1))
+		if all.Get("next_batch").Exists() || all.Get("prev_batch").Exists() || all.Get("recursion_depth").Exists() {
+			t.Fatalf("one page has no tokens and no recursion depth: %s", all.Raw)
+		}
+		if all.Get("chunk.0.content.body").String() != "see" || all.Get("chunk.0.room_id").String() != roomID {
+			t.Fatalf("children are served as client events: %s", all.Raw)
+		}
+		expect("m.thread", get(bob, relationsPath(roomID, root, "m.thread")), list(r2, r1))
+		expect("m.thread + type", get(bob, relationsPath(roomID, root, "m.thread", "m.room.message")), list(r2, r1))
+		expect("m.thread + other type", get(bob, relationsPath(roomID, root, "m.thread", "m.reaction")), "")
+		expect("m.annotation of r1", get(bob, relationsPath(roomID, r1, "m.annotation", "m.reaction")), reaction)
+
+		// Pagination backwards with tokens, then forwards.
+		p1 := get(bob, relationsPath(roomID, root)+"?limit=2")
+		expect("page 1", p1, list(ref, e1))
+		next := p1.Get("next_batch").String()
+		if next == "" {
+			t.Fatalf("no next_batch with more to come: %s", p1.Raw)
+		}
+		p2 := get(bob, relationsPath(roomID, root)+"?limit=2&from="+url.QueryEscape(next))
+		expect("page 2", p2, list(r2, r1))
+		if p2.Get("next_batch").Exists() || p2.Get("prev_batch").String() != next {
+			t.Fatalf("last page tokens: %s", p2.Raw)
+		}
+		f1 := get(bob, relationsPath(roomID, root)+"?dir=f&limit=3")
+		expect("forwards 1", f1, list(r1, r2, e1))
+		f2 := get(bob, relationsPath(roomID, root)+"?dir=f&limit=3&from="+url.QueryEscape(f1.Get("next_batch").String()))
+		expect("forwards 2", f2, ref)
+		// to stops the page: forwards up to where the first backwards page began.
+		first := get(bob, relationsPath(roomID, root)+"?limit=1")
+		expect("first", first, ref)
+		expect("forwards to", get(bob, relationsPath(roomID, root)+"?dir=f&to="+url.QueryEscape(first.Get("next_batch").String())), list(r1, r2, e1))
+		// A /messages token is a valid from.
+		msgs := get(bob, roomPath(roomID, "/messages?dir=b&limit=3"))
+		// (the last three events were deep, reaction and ref)
+		expect("from /messages end", get(bob, relationsPath(roomID, root)+"?from="+url.QueryEscape(msgs.Get("end").String())), list(e1, r2, r1))
+
+		// Recursion follows matching children only.
+		rec := get(bob, relationsPath(roomID, root)+"?recurse=true&limit=10")
+		expect("recurse", rec, list(deep, reaction, ref, e1, r2, r1))
+		if rec.Get("recursion_depth").Int() < 3 {
+			t.Fatalf("recursion_depth: %s", rec.Raw)
+		}
+		expect("recurse m.thread", get(bob, relationsPath(roomID, root, "m.thread")+"?recurse=true"), list(r2, r1))
+		expect("recurse m.reference", get(bob, relationsPath(roomID, root, "m.reference")+"?recurse=true"), ref)
+		if d := get(bob, relationsPath(roomID, root)+"?recurse=false"); d.Get("recursion_depth").Int() != 1 || ids(d.Get("chunk")) != list(ref, e1, r2, r1) {
+			t.Fatalf("recurse=false: %s", d.Raw)
+		}
+
+		// Bad input and events the user cannot see.
+		s.ExpectError(400, "M_INVALID_PARAM", "GET", relationsPath(roomID, root)+"?dir=x", bob.AccessToken, nil)
+		s.ExpectError(400, "M_INVALID_PARAM", "GET", relationsPath(roomID, root)+"?limit=-1", bob.AccessToken, nil)
+		s.ExpectError(400, "M_INVALID_PARAM", "GET", relationsPath(roomID, root)+"?recurse=yes", bob.AccessToken, nil)
+		s.ExpectError(400, "M_INVALID_PARAM", "GET", relationsPath(roomID, root)+"?from=nonsense", bob.AccessToken, nil)
+		s.ExpectError(404, "M_NOT_FOUND", "GET", relationsPath(roomID, "$unknown"), bob.AccessToken, nil)
+		s.ExpectError(404, "M_NOT_FOUND", "GET", relationsPath(roomID, root), carol.AccessToken, nil)
+		other := createRoom(t, s, carol.UserID)
+		s.ExpectError(404, "M_NOT_FOUND", "GET", relationsPath(other, root), bob.AccessToken, nil)
+		s.ExpectError(401, "M_MISSING_TOKEN", "GET", relationsPath(roomID, root), "", nil)
+
+		// In a room whose history is for members only since they joined, a
+		// newcomer sees neither the earlier parent nor its children, and
+		// later children of an event they can see only when visible.
+		private := createRoom(t, s, alice.UserID)
+		hv := ""
+		sendEvent(t, s, private, alice.UserID, "m.room.history_visibility", &hv, map[string]string{"history_visibility": "joined"})
+		early := send(t, s, alice, private, "m.room.message", text("before carol"))
+		earlyReply := send(t, s, alice, private, "m.room.message", related("reply before carol", "m.thread", early))
+		joinRoom(t, s, carol, private)
+		s.ExpectError(404, "M_NOT_FOUND", "GET", relationsPath(private, early), carol.AccessToken, nil)
+		later := send(t, s, alice, private, "m.room.message", text("after carol"))
+		hidden := send(t, s, alice, private, "m.room.message", related("reply", "m.reference", later))
+		waitSeen(t, s, carol, private, hidden)
+		expect("visible children", get(carol, relationsPath(private, later)), hidden)
+		expect("alice sees her early thread", get(alice, relationsPath(private, early)), earlyReply)
+	})
+}
+
+func TestBundledAggregations(t *testing.T) {
+	testserver.ForEachDatabase(t, func(t *testing.T, s *testserver.Server) {
+		alice := s.Register("alice", "pw")
+		bob := s.Register("bob", "pw")
+		carol := s.Register("carol", "pw")
+		roomID := createRoom(t, s, alice.UserID)
+		joinRoom(t, s, bob, roomID)
+		joinRoom(t, s, carol, roomID)
+
+		root := send(t, s, alice, roomID, "m.room.message", text("root"))
+		t1 := send(t, s, bob, roomID, "m.room.message", related("bob in thread", "m.thread", root))
+		t2 := send(t, s, alice, roomID, "m.room.message", related("alice in thread", "m.thread", root))
+		e1 := send(t, s, alice, roomID, "m.room.message", editOf(root, "first edit"))
+		e2 := send(t, s, alice, roomID, "m.room.message", editOf(root, "second edit"))
+		send(t, s, bob, roomID, "m.room.message", editOf(root, "bob may not edit alice")) // another sender: not an edit
+		send(t, s, alice, roomID, "m.room.message", related("no new content", "m.replace", root))
+		ref := send(t, s, bob, roomID, "m.room.message", related("see above", "m.reference", root))
+		t2edit := send(t, s, alice, roomID, "m.room.message", editOf(t2, "alice in thread, edited"))
+		waitSeen(t, s, alice, roomID, t2edit)
+
+		// check verifies the root's aggregations as one user sees them.
+		check := func(where string, ev gjson.Result, participated bool, edit string) {
+			t.Helper()
+			rel := ev.Get(`unsigned.m\.relations`)
+			th := rel.Get(`m\.thread`)
+			if th.Get("count").Int() != 2 || th.Get("latest_event.event_id").String() != t2 || th.Get("current_user_participated").Bool() != participated {
+				t.Fatalf("%s: thread aggregation: %s", where, ev.Raw)
+			}
+			// The latest reply carries its own aggregations (its edit).
+			if th.Get(`latest_event.unsigned.m\.relations.m\.replace.event_id`).String() != t2edit || th.Get("latest_event.content.body").String() != "alice in thread" {
+				t.Fatalf("%s: latest_event's own aggregation: %s", where, th.Raw)
+			}
+			if got := rel.Get(`m\.replace.event_id`).String(); got != edit {
+				t.Fatalf("%s: m.replace is %s, want %s: %s", where, got, edit, rel.Raw)
+			}
+			if rel.Get(`m\.replace.content.m\.new_content.body`).String() == "" || rel.Get(`m\.replace.sender`).String() != alice.UserID {
+				t.Fatalf("%s: the edit is served as an event: %s", where, rel.Raw)
+			}
+			if ids(rel.Get(`m\.reference.chunk`)) != ref {
+				t.Fatalf("%s: references: %s", where, rel.Raw)
+			}
+			// The server no longer replaces the original's content.
+			if ev.Get("content.body").String() != "root" {
+				t.Fatalf("%s: content replaced: %s", where, ev.Raw)
+			}
+		}
+		byID := func(events gjson.Result, id string) gjson.Result {
+			t.Helper()
+			ev := events.Get("#(event_id==" + id + ")")
+			if !ev.Exists() {
+				t.Fatalf("%s missing from %s", id, events.Raw)
+			}
+			return ev
+		}
+		users := []struct {
+			u            *testserver.User
+			participated bool
+		}{{alice, true}, {bob, true}, {carol, false}}
+		for _, c := range users {
+			u := c.u
+			sync := syncUntil(t, s, u, "", `&filter={"room":{"timeline":{"limit":50}}}`, func(r gjson.Result) bool {
+				return r.Get("rooms.join." + gjson.Escape(roomID) + ".timeline.events.#(event_id==" + t2edit + ")").Exists()
+			})
+			check("/sync for "+u.Localpart, byID(sync.Get("rooms.join."+gjson.Escape(roomID)+".timeline.events"), root), c.participated, e2)
+			msgs := s.MustOK("GET", roomPath(roomID, "/messages?dir=b&limit=50"), u.AccessToken, nil).JSON()
+			check("/messages for "+u.Localpart, byID(msgs.Get("chunk"), root), c.participated, e2)
+			ctx := s.MustOK("GET", roomPath(roomID, "/context/"+url.PathEscape(root)+"?limit=4"), u.AccessToken, nil).JSON()
+			check("/context event for "+u.Localpart, ctx.Get("event"), c.participated, e2)
+			ev := s.MustOK("GET", roomPath(roomID, "/event/"+url.PathEscape(root)), u.AccessToken, nil).JSON()
+			check("/event for "+u.Localpart, ev, c.participated, e2)
+		}
+		// /context's surrounding events and /relations' chunk are aggregated too.
+		ctx := s.MustOK("GET", roomPath(roomID, "/context/"+url.PathEscape(t1)+"?limit=10"), bob.AccessToken, nil).JSON()
+		check("/context events_before", byID(ctx.Get("events_before"), root), true, e2)
+		if byID(ctx.Get("events_after"), t2).Get(`unsigned.m\.relations.m\.replace.event_id`).String() != t2edit {
+			t.Fatalf("/context events_after not aggregated: %s", ctx.Get("events_after").Raw)
+		}
+		thread := s.MustOK("GET", relationsPath(roomID, root, "m.thread"), bob.AccessToken, nil).JSON()
+		if byID(thread.Get("chunk"), t2).Get(`unsigned.m\.relations.m\.replace.event_id`).String() != t2edit {
+			t.Fatalf("/relations chunk not aggregated: %s", thread.Raw)
+		}
+		// An event with no children has no m.relations.
+		if byID(thread.Get("chunk"), t1).Get(`unsigned.m\.relations`).Exists() {
+			t.Fatalf("aggregations on an event without children: %s", thread.Raw)
+		}
+
+		// Redacting the latest edit reverts to the one before; redacting the
+		// latest thread reply drops it from the count and latest_event.
+		s.MustOK("PUT", roomPath(roomID, "/redact/"+url.PathEscape(e2)+"/r1"), alice.AccessToken, map[string]any{})
+		s.MustOK("PUT", roomPath(roomID, "/redact/"+url.PathEscape(t2)+"/r2"), alice.AccessToken, map[string]any{})
+		redactRef := s.MustOK("PUT", roomPath(roomID, "/redact/"+url.PathEscape(ref)+"/r3"), bob.AccessToken, map[string]any{}).Get("event_id").String()
+		waitSeen(t, s, alice, roomID, redactRef)
+		ev := s.MustOK("GET", roomPath(roomID, "/event/"+url.PathEscape(root)), carol.AccessToken, nil).JSON()
+		rel := ev.Get(`unsigned.m\.relations`)
+		if rel.Get(`m\.replace.event_id`).String() != e1 {
+			t.Fatalf("after redacting the latest edit: %s", rel.Raw)
+		}
+		if th := rel.Get(`m\.thread`); th.Get("count").Int() != 1 || th.Get("latest_event.event_id").String() != t1 {
+			t.Fatalf("after redacting the latest reply: %s", rel.Raw)
+		}
+		if rel.Get(`m\.reference`).Exists() {
+			t.Fatalf("a redacted reference still aggregated: %s", rel.Raw)
+		}
+		expectIDs := func(path, want string) {
+			t.Helper()
+			if got := ids(s.MustOK("GET", path, carol.AccessToken, nil).Get("chunk")); got != want {
+				t.Fatalf("%s: %s, want %s", path, got, want)
+			}
+		}
+		expectIDs(relationsPath(roomID, root, "m.thread"), t1)
+
+		// Ignored users' children are left out of the aggregation.
+		s.MustOK("PUT", "/_matrix/client/v3/user/"+url.PathEscape(carol.UserID)+"/account_data/m.ignored_user_list", carol.AccessToken,
+			map[string]any{"ignored_users": map[string]any{bob.UserID: map[string]any{}}})
+		ev = s.MustOK("GET", roomPath(roomID, "/event/"+url.PathEscape(root)), carol.AccessToken, nil).JSON()
+		if ev.Get(`unsigned.m\.relations.m\.thread`).Exists() {
+			t.Fatalf("an ignored user's thread reply was aggregated: %s", ev.Raw)
+		}
+
+		// Redacting the original drops its edits from the bundle, but not
+		// its thread.
+		red := s.MustOK("PUT", roomPath(roomID, "/redact/"+url.PathEscape(root)+"/r4"), alice.AccessToken, map[string]any{}).Get("event_id").String()
+		waitSeen(t, s, alice, roomID, red)
+		ev = s.MustOK("GET", roomPath(roomID, "/event/"+url.PathEscape(root)), bob.AccessToken, nil).JSON()
+		if ev.Get(`unsigned.m\.relations.m\.replace`).Exists() || !ev.Get(`unsigned.m\.relations.m\.thread`).Exists() {
+			t.Fatalf("a redacted original's bundle: %s", ev.Raw)
+		}
+	})
+}
+
+func TestThreadsList(t *testing.T) {
+	testserver.ForEachDatabase(t, func(t *testing.T, s *testserver.Server) {
+		alice := s.Register("alice", "pw")
+		bob := s.Register("bob", "pw")
+		carol := s.Register("carol", "pw")
+		dave := s.Register("dave", "pw")
+		roomID := createRoom(t, s, alice.UserID)
+		joinRoom(t, s, bob, roomID)
+		joinRoom(t, s, carol, roomID)
+
+		a := send(t, s, alice, roomID, "m.room.message", text("thread A"))
+		b := send(t, s, bob, roomID, "m.room.message", text("thread B"))
+		c := send(t, s, alice, roomID, "m.room.message", text("thread C"))
+		send(t, s, alice, roomID, "m.room.message", text("not a thread"))
+		send(t, s, bob, roomID, "m.room.message", related("in B", "m.thread", b))
+		send(t, s, alice, roomID, "m.room.message", related("in C", "m.thread", c))
+		last := send(t, s, bob, roomID, "m.room.message", related("in A", "m.thread", a))
+		waitSeen(t, s, alice, roomID, last)
+
+		threadsPath := "/_matrix/client/v1/rooms/" + url.PathEscape(roomID) + "/threads"
+		get := func(u *testserver.User, query string) gjson.Result {
+			return s.MustOK("GET", threadsPath+query, u.AccessToken, nil).JSON()
+		}
+		expect := func(what string, r gjson.Result, want string) {
+			t.Helper()
+			if got := ids(r.Get("chunk")); got != want {
+				t.Fatalf("%s: got %s, want %s (%s)", what, got, want, r.Raw)
+			}
+		}
+		// Most recently active first, with aggregations.
+		all := get(carol, "")
+		expect("all", all, list(a, c, b))
+		if all.Get("next_batch").Exists() || all.Get(`chunk.0.unsigned.m\.relations.m\.thread.latest_event.event_id`).String() != last {
+			t.Fatalf("threads are served with their aggregation: %s", all.Raw)
+		}
+		p1 := get(carol, "?limit=2")
+		expect("page 1", p1, list(a, c))
+		p2 := get(carol, "?limit=2&from="+url.QueryEscape(p1.Get("next_batch").String()))
+		expect("page 2", p2, b)
+		if p2.Get("next_batch").Exists() {
+			t.Fatalf("last page has a next_batch: %s", p2.Raw)
+		}
+		// participated: threads the user started or replied in.
+		expect("alice participated", get(alice, "?include=participated"), list(a, c))
+		expect("bob participated", get(bob, "?include=participated"), list(a, b))
+		expect("carol participated", get(carol, "?include=participated"), "")
+		expect("bob participated page", get(bob, "?include=participated&limit=1"), a)
+
+		// New activity moves a thread to the front.
+		newest := send(t, s, carol, roomID, "m.room.message", related("carol in B", "m.thread", b))
+		waitSeen(t, s, alice, roomID, newest)
+		expect("after new activity", get(carol, ""), list(b, a, c))
+		expect("carol now participated", get(carol, "?include=participated"), b)
+
+		s.ExpectError(403, "M_FORBIDDEN", "GET", threadsPath, dave.AccessToken, nil)
+		s.ExpectError(400, "M_INVALID_PARAM", "GET", threadsPath+"?include=some", carol.AccessToken, nil)
+		s.ExpectError(400, "M_INVALID_PARAM", "GET", threadsPath+"?limit=0", carol.AccessToken, nil)
+		s.ExpectError(400, "M_INVALID_PARAM", "GET", threadsPath+"?from=x", carol.AccessToken, nil)
+	})
+}
