@@ -144,6 +144,9 @@ func TestRelationsEndpoint(t *testing.T) {
 			t.Fatalf("recurse=false: %s", d.Raw)
 		}
 
+		// A thread cannot start from an event that relates to another.
+		s.ExpectError(400, "M_UNKNOWN", "PUT", roomPath(roomID, "/send/m.room.message/nested"), bob.AccessToken, related("nested", "m.thread", r1))
+
 		// Bad input and events the user cannot see.
 		s.ExpectError(400, "M_INVALID_PARAM", "GET", relationsPath(roomID, root)+"?dir=x", bob.AccessToken, nil)
 		s.ExpectError(400, "M_INVALID_PARAM", "GET", relationsPath(roomID, root)+"?limit=-1", bob.AccessToken, nil)
@@ -361,5 +364,58 @@ func TestThreadsList(t *testing.T) {
 		s.ExpectError(400, "M_INVALID_PARAM", "GET", threadsPath+"?include=some", carol.AccessToken, nil)
 		s.ExpectError(400, "M_INVALID_PARAM", "GET", threadsPath+"?limit=0", carol.AccessToken, nil)
 		s.ExpectError(400, "M_INVALID_PARAM", "GET", threadsPath+"?from=x", carol.AccessToken, nil)
+	})
+}
+
+// Notification counts per thread: a threaded receipt clears its thread
+// only, an unthreaded one everything before it.
+func TestThreadNotificationCounts(t *testing.T) {
+	testserver.ForEachDatabase(t, func(t *testing.T, s *testserver.Server) {
+		alice := s.Register("alice", "pw")
+		bob := s.Register("bob", "pw")
+		roomID := createRoom(t, s, alice.UserID)
+		next := joinRoom(t, s, bob, roomID)
+		room := "rooms.join." + gjson.Escape(roomID)
+		filter := "&filter=" + url.QueryEscape(`{"room":{"timeline":{"unread_thread_notifications":true}}}`)
+		counts := func(r gjson.Result, thread string) int64 {
+			if thread == "" {
+				return r.Get(room + ".unread_notifications.notification_count").Int()
+			}
+			return r.Get(room + ".unread_thread_notifications." + gjson.Escape(thread) + ".notification_count").Int()
+		}
+
+		root := send(t, s, alice, roomID, "m.room.message", text("main one"))
+		send(t, s, alice, roomID, "m.room.message", related("thread one", "m.thread", root))
+		reply := send(t, s, alice, roomID, "m.room.message", related("thread two", "m.thread", root))
+		r := syncUntil(t, s, bob, next, filter, func(r gjson.Result) bool {
+			return r.Get(room + ".timeline.events.#(event_id==" + reply + ")").Exists()
+		})
+		if counts(r, "") != 1 || counts(r, root) != 2 {
+			t.Fatalf("main 1 and thread 2 expected: %s", r.Get(room).Raw)
+		}
+		// The thread's own receipt clears the thread, not the main timeline.
+		next = r.Get("next_batch").String()
+		s.MustOK("POST", receiptPath(roomID, "m.read", reply), bob.AccessToken, map[string]string{"thread_id": root})
+		r = syncUntil(t, s, bob, next, filter, func(r gjson.Result) bool { return ephemeral(r, roomID, "m.receipt").Exists() })
+		if counts(r, "") != 1 || r.Get(room+".unread_thread_notifications").Exists() {
+			t.Fatalf("after the thread receipt: %s", r.Get(room).Raw)
+		}
+		// An unthreaded receipt clears the main timeline and every thread
+		// up to it.
+		next = r.Get("next_batch").String()
+		third := send(t, s, alice, roomID, "m.room.message", related("thread three", "m.thread", root))
+		last := send(t, s, alice, roomID, "m.room.message", text("main two"))
+		r = syncUntil(t, s, bob, next, filter, func(r gjson.Result) bool {
+			return r.Get(room + ".timeline.events.#(event_id==" + last + ")").Exists()
+		})
+		if counts(r, "") != 2 || counts(r, root) != 1 {
+			t.Fatalf("main 2 and thread 1 expected: %s", r.Get(room).Raw)
+		}
+		next = r.Get("next_batch").String()
+		s.MustOK("POST", receiptPath(roomID, "m.read", last), bob.AccessToken, map[string]any{})
+		r = syncUntil(t, s, bob, next, filter, func(r gjson.Result) bool { return ephemeral(r, roomID, "m.receipt").Exists() })
+		if counts(r, "") != 0 || r.Get(room+".unread_thread_notifications").Exists() {
+			t.Fatalf("after the unthreaded receipt (thread reply %s): %s", third, r.Get(room).Raw)
+		}
 	})
 }
