@@ -1,6 +1,7 @@
 package syncapi_test
 
 import (
+	"context"
 	"fmt"
 	"net/url"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/plexus-chat/plexus/internal/testserver"
+	"github.com/plexus-chat/plexus/syncapi"
 )
 
 var txnCounter atomic.Int64
@@ -416,6 +418,45 @@ func TestThreadNotificationCounts(t *testing.T) {
 		r = syncUntil(t, s, bob, next, filter, func(r gjson.Result) bool { return ephemeral(r, roomID, "m.receipt").Exists() })
 		if counts(r, "") != 0 || r.Get(room+".unread_thread_notifications").Exists() {
 			t.Fatalf("after the unthreaded receipt (thread reply %s): %s", third, r.Get(room).Raw)
+		}
+	})
+}
+
+// Events stored before the relations index existed are indexed by its
+// second migration: emptied here, replayed, and served again.
+func TestRelationsIndexBackfill(t *testing.T) {
+	testserver.ForEachDatabase(t, func(t *testing.T, s *testserver.Server) {
+		alice := s.Register("alice", "pw")
+		roomID := createRoom(t, s, alice.UserID)
+		root := send(t, s, alice, roomID, "m.room.message", text("root"))
+		r1 := send(t, s, alice, roomID, "m.room.message", related("one", "m.thread", root))
+		gone := send(t, s, alice, roomID, "m.room.message", related("gone", "m.thread", root))
+		edit := send(t, s, alice, roomID, "m.room.message", editOf(root, "edited"))
+		send(t, s, alice, roomID, "m.room.message", map[string]any{"body": "bad", "m.relates_to": map[string]any{"rel_type": 7, "event_id": root}})
+		red := s.MustOK("PUT", roomPath(roomID, "/redact/"+url.PathEscape(gone)+"/r1"), alice.AccessToken, map[string]any{}).Get("event_id").String()
+		waitSeen(t, s, alice, roomID, red)
+
+		ctx := context.Background()
+		db := s.Server.DB
+		for _, q := range []string{`DELETE FROM syncapi_relations`, `DELETE FROM syncapi_threads`,
+			`DELETE FROM schema_migrations WHERE component = 'syncapi_relations' AND version = 2`} {
+			if _, err := db.Writer().ExecContext(ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		threadsPath := "/_matrix/client/v1/rooms/" + url.PathEscape(roomID) + "/threads"
+		if got := ids(s.MustOK("GET", threadsPath, alice.AccessToken, nil).Get("chunk")); got != "" {
+			t.Fatalf("index not emptied: %s", got)
+		}
+		if err := db.Migrate(ctx, syncapi.RelationsComponent, syncapi.RelationsMigrations); err != nil {
+			t.Fatal(err)
+		}
+		if got := ids(s.MustOK("GET", relationsPath(roomID, root), alice.AccessToken, nil).Get("chunk")); got != list(edit, r1) {
+			t.Fatalf("relations after the backfill: %s", got)
+		}
+		threads := s.MustOK("GET", threadsPath, alice.AccessToken, nil).JSON()
+		if ids(threads.Get("chunk")) != root || threads.Get(`chunk.0.unsigned.m\.relations.m\.thread.latest_event.event_id`).String() != r1 {
+			t.Fatalf("threads after the backfill: %s", threads.Raw)
 		}
 	})
 }
