@@ -334,15 +334,30 @@ func (s *SyncAPI) BundleAggregations(ctx context.Context, localpart string, pdus
 	return nil
 }
 
-// aggregate computes the bundled aggregations of a /sync timeline in the
-// sync's read transaction, for format to attach.
-func (b *builder) aggregate(ctx context.Context, timeline []storedEvent) error {
-	pdus := make([]gomatrixserverlib.PDU, len(timeline))
-	for i, ev := range timeline {
+// timelineEvent is a /sync timeline event as first formatted, and where.
+type timelineEvent struct {
+	pdu  gomatrixserverlib.PDU
+	opts clientevent.Options
+	slot *clientevent.Event
+}
+
+// bundleTimelines aggregates the timeline events of every room of a /sync
+// in one pass, in the sync's read transaction, and formats again those
+// that have aggregations (format attaches them before any projection).
+func (b *builder) bundleTimelines(ctx context.Context) error {
+	pdus := make([]gomatrixserverlib.PDU, len(b.timelineEvents))
+	for i, ev := range b.timelineEvents {
 		pdus[i] = ev.pdu
 	}
 	a := &aggregator{s: b.s, q: b.tx, userID: b.req.userID, ignored: b.ignored, opts: clientevent.Options{OmitRoomID: true}}
 	var err error
-	b.relations, err = a.aggregate(ctx, pdus, 1)
-	return err
+	if b.relations, err = a.aggregate(ctx, pdus, 1); err != nil {
+		return err
+	}
+	for _, ev := range b.timelineEvents {
+		if _, ok := b.relations[ev.pdu.EventID()]; ok {
+			*ev.slot = b.format(ev.pdu, ev.opts)
+		}
+	}
+	return nil
 }

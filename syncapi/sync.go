@@ -256,7 +256,11 @@ func (s *SyncAPI) buildResponse(ctx context.Context, req *syncRequest) (*syncRes
 		}
 		next.PDU = now
 		b := &builder{s: s, tx: tx, req: req, since: since.PDU, now: now, initial: req.since == nil, lazy: lazy, ignored: ignored}
-		return b.rooms(ctx, resp, roomData)
+		if err := b.rooms(ctx, resp, roomData); err != nil {
+			return err
+		}
+		return b.bundleTimelines(ctx) // aggregations.go: one pass over every timeline
+
 	})
 	if err != nil {
 		return nil, err
@@ -292,8 +296,10 @@ type builder struct {
 	since   int64 // PDU position the client has seen (0 when initial)
 	now     int64 // PDU position this sync goes up to
 	initial bool
-	// relations are the bundled aggregations of the timeline being built.
-	relations map[string]json.RawMessage
+	// timelineEvents are the timeline events served, for their bundled
+	// aggregations (aggregations.go), computed once all rooms are built.
+	timelineEvents []timelineEvent
+	relations      map[string]json.RawMessage
 }
 
 type membershipRow struct {
@@ -588,10 +594,6 @@ func (b *builder) timeline(ctx context.Context, roomID string, from, to int64, c
 	} else if limited {
 		start = cursor
 	}
-	// Bundled aggregations (aggregations.go) for the whole timeline at once.
-	if err := b.aggregate(ctx, picked); err != nil {
-		return timeline{}, 0, nil, err
-	}
 	events := make([]clientevent.Event, len(picked))
 	for i, ev := range picked {
 		opts := clientevent.Options{OmitRoomID: true}
@@ -599,6 +601,7 @@ func (b *builder) timeline(ctx context.Context, roomID string, from, to int64, c
 			opts.TxnID = ev.txnID
 		}
 		events[i] = b.format(ev.pdu, opts)
+		b.timelineEvents = append(b.timelineEvents, timelineEvent{ev.pdu, opts, &events[i]})
 	}
 	// prev_batch pages back from the timeline's start, except in an
 	// initial sync whose timeline holds the whole room: there it is the
