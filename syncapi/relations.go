@@ -174,25 +174,31 @@ func (s *SyncAPI) relationsPage(ctx context.Context, p relationsPage) ([]storedE
 		args = append(args, p.eventType)
 		filters += " AND r.child_type = $" + strconv.Itoa(len(args))
 	}
-	args = append(args, p.depth)
-	depthArg := "$" + strconv.Itoa(len(args))
+	// Direct children come straight from the (parent_id, pos) index; the
+	// recursive form has to gather the whole tree first.
+	source := `syncapi_relations r`
+	if p.depth > 1 {
+		args = append(args, p.depth)
+		source = `(WITH RECURSIVE tree (child_id, depth) AS (
+			SELECT r.child_id, 1 FROM syncapi_relations r
+			WHERE r.parent_id = $1 AND r.room_id = $2 AND NOT r.redacted` + filters + `
+			UNION ALL
+			SELECT r.child_id, t.depth + 1 FROM syncapi_relations r JOIN tree t ON r.parent_id = t.child_id
+			WHERE t.depth < $` + strconv.Itoa(len(args)) + ` AND r.room_id = $2 AND NOT r.redacted` + filters + `
+		) SELECT r.* FROM tree t JOIN syncapi_relations r ON r.child_id = t.child_id) r`
+		filters = ""
+	} else {
+		filters = " AND r.parent_id = $1 AND r.room_id = $2 AND NOT r.redacted" + filters
+	}
 	args = append(args, p.low, p.high, p.limit+1)
 	n := len(args)
 	order := "ASC"
 	if p.backwards {
 		order = "DESC"
 	}
-	query := `WITH RECURSIVE tree (child_id, depth) AS (
-		SELECT r.child_id, 1 FROM syncapi_relations r
-		WHERE r.parent_id = $1 AND r.room_id = $2 AND NOT r.redacted` + filters + `
-		UNION ALL
-		SELECT r.child_id, t.depth + 1 FROM syncapi_relations r JOIN tree t ON r.parent_id = t.child_id
-		WHERE t.depth < ` + depthArg + ` AND r.room_id = $2 AND NOT r.redacted` + filters + `
-	)
-	SELECT r.pos, e.event_id, e.room_version, e.event_json FROM tree t
-	JOIN syncapi_relations r ON r.child_id = t.child_id
-	JOIN syncapi_events e ON e.event_id = t.child_id
-	WHERE r.pos > $` + strconv.Itoa(n-2) + ` AND r.pos <= $` + strconv.Itoa(n-1) + `
+	query := `SELECT r.pos, e.event_id, e.room_version, e.event_json FROM ` + source + `
+	JOIN syncapi_events e ON e.event_id = r.child_id
+	WHERE r.pos > $` + strconv.Itoa(n-2) + ` AND r.pos <= $` + strconv.Itoa(n-1) + filters + `
 	ORDER BY r.pos ` + order + ` LIMIT $` + strconv.Itoa(n)
 	rows, err := s.db.Reader().QueryContext(ctx, strings.TrimSpace(query), args...)
 	if err != nil {
