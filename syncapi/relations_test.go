@@ -175,6 +175,17 @@ func TestRelationsEndpoint(t *testing.T) {
 		waitSeen(t, s, carol, private, hidden)
 		expect("visible children", get(carol, relationsPath(private, later)), hidden)
 		expect("alice sees her early thread", get(alice, relationsPath(private, early)), earlyReply)
+		// Once carol has left, later children of an event she saw are hidden
+		// from her, and from the event's aggregations.
+		setMembership(t, s, private, carol.UserID, carol.UserID, "leave")
+		afterLeave := send(t, s, alice, private, "m.room.message", related("after carol left", "m.thread", later))
+		waitSeen(t, s, alice, private, afterLeave)
+		expect("children after leaving", get(carol, relationsPath(private, later)), hidden)
+		expect("alice sees them", get(alice, relationsPath(private, later)), list(afterLeave, hidden))
+		seen := get(carol, roomPath(private, "/event/"+url.PathEscape(later)))
+		if seen.Get(`unsigned.m\.relations.m\.thread`).Exists() || seen.Get(`unsigned.m\.relations.m\.reference.chunk.0.event_id`).String() != hidden {
+			t.Fatalf("aggregations of hidden children: %s", seen.Raw)
+		}
 	})
 }
 
