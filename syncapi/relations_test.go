@@ -260,6 +260,18 @@ func TestBundledAggregations(t *testing.T) {
 			ev := s.MustOK("GET", roomPath(roomID, "/event/"+url.PathEscape(root)), u.AccessToken, nil).JSON()
 			check("/event for "+u.Localpart, ev, c.participated, e2)
 		}
+		// One /sync aggregates the timelines of all rooms together.
+		second := createRoom(t, s, alice.UserID)
+		root2 := send(t, s, alice, second, "m.room.message", text("root in the second room"))
+		reply2 := send(t, s, alice, second, "m.room.message", related("reply", "m.thread", root2))
+		both := syncUntil(t, s, alice, "", `&filter={"room":{"timeline":{"limit":50}}}`, func(r gjson.Result) bool {
+			return r.Get("rooms.join." + gjson.Escape(second) + ".timeline.events.#(event_id==" + reply2 + ")").Exists()
+		})
+		check("/sync with two rooms", byID(both.Get("rooms.join."+gjson.Escape(roomID)+".timeline.events"), root), true, e2)
+		if got := byID(both.Get("rooms.join."+gjson.Escape(second)+".timeline.events"), root2).Get(`unsigned.m\.relations.m\.thread.latest_event.event_id`).String(); got != reply2 {
+			t.Fatalf("second room's thread: %s", both.Get("rooms.join."+gjson.Escape(second)).Raw)
+		}
+
 		// /context's surrounding events and /relations' chunk are aggregated too.
 		ctx := s.MustOK("GET", roomPath(roomID, "/context/"+url.PathEscape(t1)+"?limit=10"), bob.AccessToken, nil).JSON()
 		check("/context events_before", byID(ctx.Get("events_before"), root), true, e2)
@@ -372,6 +384,17 @@ func TestThreadsList(t *testing.T) {
 		waitSeen(t, s, alice, roomID, newest)
 		expect("after new activity", get(carol, ""), list(b, a, c))
 		expect("carol now participated", get(carol, "?include=participated"), b)
+
+		// A root sent by an ignored user is served redacted.
+		s.MustOK("PUT", "/_matrix/client/v3/user/"+url.PathEscape(carol.UserID)+"/account_data/m.ignored_user_list", carol.AccessToken,
+			map[string]any{"ignored_users": map[string]any{bob.UserID: map[string]any{}}})
+		ignoring := get(carol, "")
+		if rb := ignoring.Get("chunk.#(event_id==" + b + ")"); rb.Get("content.body").Exists() || !rb.Get(`unsigned.m\.relations.m\.thread`).Exists() {
+			t.Fatalf("an ignored user's root: %s", ignoring.Raw)
+		}
+		if ignoring.Get("chunk.#(event_id=="+a+").content.body").String() != "thread A" {
+			t.Fatalf("other roots are served whole: %s", ignoring.Raw)
+		}
 
 		s.ExpectError(403, "M_FORBIDDEN", "GET", threadsPath, dave.AccessToken, nil)
 		s.ExpectError(400, "M_INVALID_PARAM", "GET", threadsPath+"?include=some", carol.AccessToken, nil)
