@@ -33,6 +33,10 @@ const (
 	sqlEditsOf     = `SELECT r.parent_id, e.event_id, e.room_version, e.event_json FROM syncapi_relations r
 		JOIN syncapi_events e ON e.event_id = r.child_id
 		WHERE r.rel_type = 'm.replace' AND NOT r.redacted AND r.parent_id IN (%s)`
+	sqlRepliesBefore = `SELECT e.event_id, e.room_version, e.event_json FROM syncapi_relations r
+		JOIN syncapi_events e ON e.event_id = r.child_id
+		WHERE r.parent_id = $1 AND r.room_id = $2 AND r.rel_type = 'm.thread' AND NOT r.redacted AND r.pos < $3
+		ORDER BY r.pos DESC LIMIT $4`
 	sqlReferencesOf = `SELECT parent_id, room_id, child_id, sender FROM syncapi_relations
 		WHERE rel_type = 'm.reference' AND NOT redacted AND parent_id IN (%s) ORDER BY pos`
 )
@@ -110,6 +114,19 @@ func (a *aggregator) aggregate(ctx context.Context, events []gomatrixserverlib.P
 		}
 		for _, ev := range ok {
 			visible[ev.EventID()] = true
+		}
+	}
+	// A thread whose newest reply the user may not see (they left the
+	// room since) shows the newest one they may.
+	for root := range threads {
+		if ev := latest[root]; ev != nil && !visible[ev.EventID()] {
+			older, err := a.newestVisibleReply(ctx, parents[root], threads[root].latestPos)
+			if err != nil {
+				return nil, err
+			}
+			if older != nil {
+				latest[root], visible[older.EventID()] = older, true
+			}
 		}
 	}
 	var latestShown []gomatrixserverlib.PDU
@@ -207,6 +224,45 @@ func (a *aggregator) eventsByPos(ctx context.Context, threads map[string]*thread
 		return nil
 	})
 	return out, err
+}
+
+// hiddenReplyScan bounds how far back newestVisibleReply looks.
+const hiddenReplyScan = 20
+
+// newestVisibleReply is the newest reply of a thread before a position
+// that the user may see and does not ignore, nil when the last few are
+// all hidden.
+func (a *aggregator) newestVisibleReply(ctx context.Context, root gomatrixserverlib.PDU, before int64) (gomatrixserverlib.PDU, error) {
+	rows, err := a.q.QueryContext(ctx, sqlRepliesBefore, root.EventID(), root.RoomID().String(), before, hiddenReplyScan)
+	if err != nil {
+		return nil, err
+	}
+	var replies []gomatrixserverlib.PDU
+	for rows.Next() {
+		var eventID, version, js string
+		if err := rows.Scan(&eventID, &version, &js); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		if a.ignored[gjson.Get(js, "sender").String()] {
+			continue
+		}
+		pdu, err := parseEvent(version, eventID, js)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		replies = append(replies, pdu)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil || len(replies) == 0 {
+		return nil, err
+	}
+	visible, err := a.s.rs.VisibleEvents(ctx, a.userID, replies)
+	if err != nil || len(visible) == 0 {
+		return nil, err
+	}
+	return visible[0], nil // VisibleEvents keeps the order: newest first
 }
 
 // edits picks each event's latest valid replacement (edits.go).

@@ -172,19 +172,25 @@ func TestRelationsEndpoint(t *testing.T) {
 		s.ExpectError(404, "M_NOT_FOUND", "GET", relationsPath(private, early), carol.AccessToken, nil)
 		later := send(t, s, alice, private, "m.room.message", text("after carol"))
 		hidden := send(t, s, alice, private, "m.room.message", related("reply", "m.reference", later))
-		waitSeen(t, s, carol, private, hidden)
-		expect("visible children", get(carol, relationsPath(private, later)), hidden)
+		seenReply := send(t, s, alice, private, "m.room.message", related("seen reply", "m.thread", later))
+		waitSeen(t, s, carol, private, seenReply)
+		expect("visible children", get(carol, relationsPath(private, later)), list(seenReply, hidden))
 		expect("alice sees her early thread", get(alice, relationsPath(private, early)), earlyReply)
 		// Once carol has left, later children of an event she saw are hidden
 		// from her, and from the event's aggregations.
 		setMembership(t, s, private, carol.UserID, carol.UserID, "leave")
 		afterLeave := send(t, s, alice, private, "m.room.message", related("after carol left", "m.thread", later))
 		waitSeen(t, s, alice, private, afterLeave)
-		expect("children after leaving", get(carol, relationsPath(private, later)), hidden)
-		expect("alice sees them", get(alice, relationsPath(private, later)), list(afterLeave, hidden))
+		expect("children after leaving", get(carol, relationsPath(private, later)), list(seenReply, hidden))
+		expect("alice sees them", get(alice, relationsPath(private, later)), list(afterLeave, seenReply, hidden))
+		// The thread's latest reply is the newest carol may see.
 		seen := get(carol, roomPath(private, "/event/"+url.PathEscape(later)))
-		if seen.Get(`unsigned.m\.relations.m\.thread`).Exists() || seen.Get(`unsigned.m\.relations.m\.reference.chunk.0.event_id`).String() != hidden {
-			t.Fatalf("aggregations of hidden children: %s", seen.Raw)
+		if seen.Get(`unsigned.m\.relations.m\.thread.latest_event.event_id`).String() != seenReply ||
+			seen.Get(`unsigned.m\.relations.m\.reference.chunk.0.event_id`).String() != hidden {
+			t.Fatalf("aggregations with hidden children: %s", seen.Raw)
+		}
+		if got := get(alice, roomPath(private, "/event/"+url.PathEscape(later))).Get(`unsigned.m\.relations.m\.thread.latest_event.event_id`).String(); got != afterLeave {
+			t.Fatalf("alice's latest reply: %s", got)
 		}
 	})
 }
