@@ -260,7 +260,6 @@ func (s *SyncAPI) buildResponse(ctx context.Context, req *syncRequest) (*syncRes
 			return err
 		}
 		return b.bundleTimelines(ctx) // aggregations.go: one pass over every timeline
-
 	})
 	if err != nil {
 		return nil, err
