@@ -39,6 +39,9 @@ type API struct {
 	// for login and registration; both nil when rate limiting is off.
 	limit     *httputil.RateLimiter
 	authLimit *httputil.RateLimiter
+
+	// relations adds bundled aggregations to served events; nil: none.
+	relations Relations
 }
 
 // UserWaker is the sync API's notifier as the client API sees it.
@@ -64,6 +67,8 @@ type Deps struct {
 	RemoteQueries RemoteQueries
 	// Push stores pushers and serves notifications (the sync API).
 	Push PushStore
+	// Relations adds bundled aggregations to /event (the sync API).
+	Relations Relations
 }
 
 // RemoteQueries are the questions the client API relays to other servers.
@@ -75,7 +80,8 @@ type RemoteQueries interface {
 // New makes the client API.
 func New(cfg *config.Config, d Deps) *API {
 	a := &API{cfg: cfg, accounts: d.Accounts, rooms: d.Rooms, waker: d.Waker, uiaa: newUIAASessions(), nonces: newNonceStore(),
-		openID: d.OpenID, remote: d.RemoteMembership, queries: d.RemoteQueries, push: d.Push}
+		openID: d.OpenID, remote: d.RemoteMembership, queries: d.RemoteQueries, push: d.Push,
+		relations: d.Relations}
 	if d.Keys != nil {
 		a.keys = &keyDeps{keys: d.Keys, changes: d.KeyChanges}
 	}

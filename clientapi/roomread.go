@@ -59,7 +59,13 @@ func (a *API) getEvent(w http.ResponseWriter, r *http.Request, s *accounts.Sessi
 	if len(visible) == 0 {
 		return notFound
 	}
-	httputil.WriteJSON(w, http.StatusOK, clientevent.Format(ev.PDU, clientevent.Options{}))
+	out := []clientevent.Event{clientevent.Format(ev.PDU, clientevent.Options{})}
+	if a.relations != nil {
+		if err := a.relations.BundleAggregations(r.Context(), s.Localpart, []gomatrixserverlib.PDU{ev.PDU}, out); err != nil {
+			return err
+		}
+	}
+	httputil.WriteJSON(w, http.StatusOK, out[0])
 	return nil
 }
 

@@ -111,6 +111,9 @@ func (a *API) sendMessage(w http.ResponseWriter, r *http.Request, s *accounts.Se
 			return err
 		}
 	}
+	if err := a.checkThreadRoot(r, roomID, content); err != nil { // threadcheck.go
+		return err
+	}
 	pdu, err := a.rooms.SendEvent(r.Context(), ev)
 	if err != nil {
 		return roomError(err)

@@ -253,9 +253,15 @@ func (s *SyncAPI) backfillMessages(w http.ResponseWriter, r *http.Request, roomI
 	if err != nil {
 		return err
 	}
+	// Older history's children may be in the live stream (aggregations.go).
+	localpart, _, _ := strings.Cut(strings.TrimPrefix(userID, "@"), ":")
+	formatted, err := s.bundle(ctx, userID, localpart, chunk, clientevent.Options{})
+	if err != nil {
+		return err
+	}
 	resp := map[string]any{
 		"start": from.String(),
-		"chunk": clientevent.FormatAll(chunk, clientevent.Options{}),
+		"chunk": formatted,
 	}
 	if end != "" {
 		resp["end"] = end

@@ -128,8 +128,16 @@ func (c *consumer) consume(ctx context.Context, out rsapi.OutputEvent) ([]string
 				return err
 			}
 		}
+		// Relations (relations_storage.go): index this event's parent,
+		// and break the relation of an event this one redacts.
+		if err := indexRelation(ctx, tx, out.Position, out.RoomID, ev); err != nil {
+			return err
+		}
 		if ev.Type() == spec.MRoomRedaction {
 			if err := c.refresh(ctx, tx, ev.Redacts()); err != nil {
+				return err
+			}
+			if err := unindexRedacted(ctx, tx, ev.Redacts()); err != nil {
 				return err
 			}
 		}

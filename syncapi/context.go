@@ -100,10 +100,19 @@ func (s *SyncAPI) context(w http.ResponseWriter, r *http.Request, sess *accounts
 			return err
 		}
 	}
+	// All events of the answer are aggregated together (aggregations.go).
+	all := []gomatrixserverlib.PDU{target}
+	for _, e := range append(append([]storedEvent{}, beforeEvents...), afterEvents...) {
+		all = append(all, e.pdu)
+	}
+	formatted, err := s.bundle(ctx, userID, sess.Localpart, all, clientevent.Options{})
+	if err != nil {
+		return err
+	}
 	httputil.WriteJSON(w, http.StatusOK, map[string]any{
-		"event":         clientevent.Format(target, clientevent.Options{}),
-		"events_before": formatStored(beforeEvents),
-		"events_after":  formatStored(afterEvents),
+		"event":         formatted[0],
+		"events_before": formatted[1 : 1+len(beforeEvents)],
+		"events_after":  formatted[1+len(beforeEvents):],
 		"start":         Token{PDU: start}.String(),
 		"end":           Token{PDU: end}.String(),
 		"state":         stateEvents,
@@ -143,12 +152,4 @@ func (s *SyncAPI) visibleWindow(r *http.Request, roomID, userID string, low, hig
 		out = append(out, byID[v.EventID()])
 	}
 	return out, nil
-}
-
-func formatStored(events []storedEvent) []clientevent.Event {
-	out := make([]clientevent.Event, len(events))
-	for i, e := range events {
-		out[i] = clientevent.Format(e.pdu, clientevent.Options{})
-	}
-	return out
 }

@@ -143,9 +143,13 @@ func (s *SyncAPI) messages(w http.ResponseWriter, r *http.Request, sess *account
 			chunk, backfillEnd = append(chunk, more...), &end
 		}
 	}
+	formatted, err := s.bundle(ctx, userID, sess.Localpart, chunk, clientevent.Options{}) // with aggregations.go
+	if err != nil {
+		return err
+	}
 	resp := map[string]any{
 		"start": Token{PDU: from}.String(),
-		"chunk": clientevent.FormatAll(chunk, clientevent.Options{}),
+		"chunk": formatted,
 	}
 	// Backwards, no end means the start of the room was reached. Forwards
 	// there is always an end: newer events may still come. A chunk that

@@ -18,6 +18,12 @@ func (s *SyncAPI) Register(root *mux.Router, authed func(AuthedHandler) http.Han
 	root.Handle(prefix+"/sync", authed(s.sync)).Methods(http.MethodGet)
 	root.Handle(prefix+"/rooms/{roomId}/messages", authed(s.messages)).Methods(http.MethodGet)
 	root.Handle(prefix+"/rooms/{roomId}/context/{eventId}", authed(s.context)).Methods(http.MethodGet)
+	// Relations and threads (relations.go, threads.go) exist from v1.
+	const v1 = "/_matrix/client/{apiVersion:(?:v1)}"
+	root.Handle(v1+"/rooms/{roomId}/relations/{eventId}", authed(s.relations)).Methods(http.MethodGet)
+	root.Handle(v1+"/rooms/{roomId}/relations/{eventId}/{relType}", authed(s.relations)).Methods(http.MethodGet)
+	root.Handle(v1+"/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}", authed(s.relations)).Methods(http.MethodGet)
+	root.Handle(v1+"/rooms/{roomId}/threads", authed(s.threads)).Methods(http.MethodGet)
 	s.registerEphemeralRoutes(root, prefix, authed)
 	s.registerDeviceMessagingRoutes(root, prefix, authed)
 }

@@ -256,7 +256,10 @@ func (s *SyncAPI) buildResponse(ctx context.Context, req *syncRequest) (*syncRes
 		}
 		next.PDU = now
 		b := &builder{s: s, tx: tx, req: req, since: since.PDU, now: now, initial: req.since == nil, lazy: lazy, ignored: ignored}
-		return b.rooms(ctx, resp, roomData)
+		if err := b.rooms(ctx, resp, roomData); err != nil {
+			return err
+		}
+		return b.bundleTimelines(ctx) // aggregations.go: one pass over every timeline
 	})
 	if err != nil {
 		return nil, err
@@ -292,6 +295,10 @@ type builder struct {
 	since   int64 // PDU position the client has seen (0 when initial)
 	now     int64 // PDU position this sync goes up to
 	initial bool
+	// timelineEvents are the timeline events served, for their bundled
+	// aggregations (aggregations.go), computed once all rooms are built.
+	timelineEvents []timelineEvent
+	relations      map[string]json.RawMessage
 }
 
 type membershipRow struct {
@@ -593,6 +600,7 @@ func (b *builder) timeline(ctx context.Context, roomID string, from, to int64, c
 			opts.TxnID = ev.txnID
 		}
 		events[i] = b.format(ev.pdu, opts)
+		b.timelineEvents = append(b.timelineEvents, timelineEvent{ev.pdu, opts, &events[i]})
 	}
 	// prev_batch pages back from the timeline's start, except in an
 	// initial sync whose timeline holds the whole room: there it is the
@@ -644,6 +652,7 @@ func (b *builder) withHiddenState(ctx context.Context, roomID string, to int64, 
 // format, and only the event_fields it names.
 func (b *builder) format(pdu gomatrixserverlib.PDU, opts clientevent.Options) clientevent.Event {
 	ev := clientevent.Format(pdu, opts)
+	attachRelations(&ev, b.relations[pdu.EventID()])
 	if b.req.filter.EventFormat == eventfilter.EventFormatFederation {
 		ev.Raw = json.RawMessage(pdu.JSON())
 		return ev

@@ -54,6 +54,9 @@ func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, 
 	if err := db.Migrate(ctx, component, migrations); err != nil {
 		return nil, err
 	}
+	if err := db.Migrate(ctx, relationsComponent, relationsMigrations); err != nil { // relations_storage.go
+		return nil, err
+	}
 	n := newNotifier()
 	c, err := newConsumer(ctx, db, serverName, rs, n)
 	if err != nil {

@@ -137,6 +137,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		RemoteMembership: membership,
 		RemoteQueries:    federationapi.NewQueries(fed),
 		Push:             sync,
+		Relations:        sync, // bundled aggregations on /event (syncapi/aggregations.go)
 	})
 	bg, stop := context.WithCancel(context.Background())
 	sync.Start(bg)
