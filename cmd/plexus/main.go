@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -42,6 +44,9 @@ Every command takes --data-dir DIR (default ./data) and --config FILE
 `
 
 func main() {
+	// No heap profiles are taken from a running server; the sampling's
+	// stack buckets would cost more than a megabyte of resident memory.
+	runtime.MemProfileRate = 0
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "plexus:", err)
 		os.Exit(1)
@@ -174,6 +179,9 @@ func runServer(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	printBanner(stdout, cfg, srv, c)
+	// Start-up (migrations, key loading) leaves garbage behind; hand its
+	// memory back now rather than keep it until the heap grows again.
+	debug.FreeOSMemory()
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
