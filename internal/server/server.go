@@ -24,6 +24,7 @@ import (
 	"github.com/plexus-chat/plexus/internal/signingkey"
 	"github.com/plexus-chat/plexus/keyserver"
 	"github.com/plexus-chat/plexus/roomserver"
+	"github.com/plexus-chat/plexus/searchapi"
 	"github.com/plexus-chat/plexus/storage"
 	"github.com/plexus-chat/plexus/syncapi"
 )
@@ -39,6 +40,7 @@ type Server struct {
 	Federation *federationapi.FederationAPI
 	Keys       *keyserver.KeyServer  // end-to-end encryption keys and key backup
 	Sender     *federationapi.Sender // outbound transactions
+	Search     *searchapi.SearchAPI  // POST /search over its own index of the room stream
 	Handler    http.Handler
 
 	// TLSListener, when set before Listen, is used for listen.tls instead
@@ -118,6 +120,12 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
+	// Server-side search indexes the room stream from its own position (searchapi/).
+	search, err := searchapi.New(ctx, db, cfg.ServerName, rs)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
 	federationapi.NewTransactionHandler(fed, federationapi.TransactionDeps{Roomserver: rs, EDUs: sync, Sender: sender,
 		Keys: federationapi.NewKeyUpdates(keys, remoteKeys)})
 	// Read endpoints for other servers and OpenID tokens (federationapi/reads*.go).
@@ -142,8 +150,10 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	sync.Start(bg)
 	sender.Start(bg)
 	deviceLists.Start(bg) // Shutdown waits for it with the sender
+	search.Start(bg)
 	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs, Sync: sync, Federation: fed,
 		Keys: keys, Sender: sender, stop: stop}
+	s.Search = search
 	s.Handler = s.routes(client)
 	return s, nil
 }
@@ -152,6 +162,7 @@ func (s *Server) routes(client *clientapi.API) http.Handler {
 	root := httputil.NewRouter()
 	client.Register(root)
 	s.Sync.Register(root, client.Authed)
+	s.Search.Register(root, client.Authed)
 	s.Federation.Register(root)
 	root.Handle("/metrics", promhttp.Handler()).Methods(http.MethodGet)
 	root.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
