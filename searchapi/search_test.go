@@ -129,7 +129,7 @@ func TestSearchContextStateAndGroups(t *testing.T) {
 		// The context tokens page on with /messages.
 		s.MustOK("GET", "/_matrix/client/v3/rooms/"+roomID+"/messages?dir=b&limit=1&from="+c.Get("start").String(), alice.AccessToken, nil)
 		state := r.Get("state." + gjson.Escape(roomID))
-		if !state.Get("#(type==m.room.create)").Exists() || !state.Get("#(state_key==" + bob.UserID + ")").Exists() {
+		if !state.Get("#(type==m.room.create)").Exists() || !state.Get("#(state_key=="+bob.UserID+")").Exists() {
 			t.Fatalf("include_state: %s", r.Get("state").Raw)
 		}
 		if search(t, s, alice, "harbour", nil, "").Get("state").Exists() {
