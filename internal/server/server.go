@@ -27,6 +27,7 @@ import (
 	"github.com/plexus-chat/plexus/searchapi"
 	"github.com/plexus-chat/plexus/storage"
 	"github.com/plexus-chat/plexus/syncapi"
+	"github.com/plexus-chat/plexus/userdirectory"
 )
 
 // Server is a running homeserver.
@@ -41,6 +42,7 @@ type Server struct {
 	Keys       *keyserver.KeyServer  // end-to-end encryption keys and key backup
 	Sender     *federationapi.Sender // outbound transactions
 	Search     *searchapi.SearchAPI  // POST /search over its own index of the room stream
+	Directory  *userdirectory.Directory
 	Handler    http.Handler
 
 	// TLSListener, when set before Listen, is used for listen.tls instead
@@ -126,6 +128,13 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
+	// The user directory follows memberships and profiles in the room stream (userdirectory/).
+	directory, err := userdirectory.New(ctx, db, cfg.ServerName, rs, accts,
+		userdirectory.Options{SearchAllUsers: cfg.UserDirectory.SearchAllUsers})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
 	federationapi.NewTransactionHandler(fed, federationapi.TransactionDeps{Roomserver: rs, EDUs: sync, Sender: sender,
 		Keys: federationapi.NewKeyUpdates(keys, remoteKeys)})
 	// Read endpoints for other servers and OpenID tokens (federationapi/reads*.go).
@@ -151,9 +160,10 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	sender.Start(bg)
 	deviceLists.Start(bg) // Shutdown waits for it with the sender
 	search.Start(bg)
+	directory.Start(bg)
 	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs, Sync: sync, Federation: fed,
 		Keys: keys, Sender: sender, stop: stop}
-	s.Search = search
+	s.Search, s.Directory = search, directory
 	s.Handler = s.routes(client)
 	return s, nil
 }
@@ -163,6 +173,7 @@ func (s *Server) routes(client *clientapi.API) http.Handler {
 	client.Register(root)
 	s.Sync.Register(root, client.Authed)
 	s.Search.Register(root, client.Authed)
+	s.Directory.Register(root, client.Authed)
 	s.Federation.Register(root)
 	root.Handle("/metrics", promhttp.Handler()).Methods(http.MethodGet)
 	root.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
