@@ -27,7 +27,11 @@ type request struct {
 	context    *contextRequest
 	withState  bool
 	groupBy    []string // "room_id", "sender"
-	offset     int      // from next_batch
+	// From next_batch: how many candidates earlier pages looked at (rank
+	// order), or the position below which to go on (recent order; 0 for
+	// the first page).
+	offset    int
+	beforePos int64
 	searchTerm string
 }
 
@@ -138,31 +142,41 @@ func parseRequest(data []byte, nextBatch string) (*request, error) {
 		}
 	}
 	if nextBatch != "" {
-		off, err := parseBatchToken(nextBatch)
+		kind, n, err := parseBatchToken(nextBatch)
 		if err != nil {
 			return nil, err
 		}
-		req.offset = off
+		switch {
+		case kind == 'o' && !req.byRecent && n <= maxOffset:
+			req.offset = int(n)
+		case kind == 'p' && req.byRecent && n > 0:
+			req.beforePos = n
+		default:
+			return nil, httputil.InvalidParam("next_batch belongs to another search")
+		}
 	}
 	return req, nil
 }
 
-// maxOffset bounds how deep paging may go, so a token cannot ask for an
-// unbounded scan.
+// maxOffset bounds how deep rank-ordered paging may go, so a token
+// cannot ask for an unbounded scan.
 const maxOffset = 100000
 
-// A next_batch token is the number of candidate matches already looked at,
-// in the request's order. It is opaque to clients.
-func batchToken(offset int) string {
-	return base64.RawURLEncoding.EncodeToString([]byte("o" + strconv.Itoa(offset)))
+// A next_batch token is opaque to clients. Ordered by rank, it holds how
+// many candidates earlier pages looked at ("o" and a count): ranks are
+// not unique, so paging goes by offset. Ordered by recency, it holds the
+// stream position of the last candidate looked at ("p" and a position),
+// which stays right while new events arrive.
+func batchToken(kind byte, n int64) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(string(kind) + strconv.FormatInt(n, 10)))
 }
 
-func parseBatchToken(tok string) (int, error) {
+func parseBatchToken(tok string) (byte, int64, error) {
 	raw, err := base64.RawURLEncoding.DecodeString(tok)
-	if err == nil && len(raw) > 1 && raw[0] == 'o' {
-		if n, err := strconv.Atoi(string(raw[1:])); err == nil && n >= 0 && n <= maxOffset {
-			return n, nil
+	if err == nil && len(raw) > 1 && (raw[0] == 'o' || raw[0] == 'p') {
+		if n, err := strconv.ParseInt(string(raw[1:]), 10, 64); err == nil && n >= 0 {
+			return raw[0], n, nil
 		}
 	}
-	return 0, httputil.InvalidParam("next_batch is not a token from this server")
+	return 0, 0, httputil.InvalidParam("next_batch is not a token from this server")
 }

@@ -82,11 +82,15 @@ func (s *SearchAPI) search(w http.ResponseWriter, r *http.Request, sess *account
 func (s *SearchAPI) find(ctx context.Context, userID string, req *request, where string, args []any) ([]hit, string, error) {
 	order := " ORDER BY score DESC, d.pos DESC, d.id DESC"
 	if req.byRecent {
-		order = " ORDER BY d.pos DESC, d.id DESC"
+		order = " ORDER BY d.pos DESC"
+		if req.beforePos > 0 {
+			args = append(args, req.beforePos)
+			where += " AND d.pos < $" + strconv.Itoa(len(args))
+		}
 	}
 	n := len(args)
 	query := s.fts.matchSQL() + where + order + " LIMIT $" + strconv.Itoa(n+1) + " OFFSET $" + strconv.Itoa(n+2)
-	offset, scanned := req.offset, 0
+	offset, scanned, lastPos := req.offset, 0, int64(0)
 	var hits []hit
 	for len(hits) < req.limit && scanned < maxScanned {
 		batch, err := s.candidates(ctx, query, append(args, candidateBatch, offset)...)
@@ -100,6 +104,7 @@ func (s *SearchAPI) find(ctx context.Context, userID string, req *request, where
 		taken := 0
 		for _, c := range batch {
 			taken++
+			lastPos = c.pos
 			if ev, ok := visible[c.eventID]; ok {
 				hits = append(hits, hit{candidate: c, event: ev})
 				if len(hits) == req.limit {
@@ -113,7 +118,10 @@ func (s *SearchAPI) find(ctx context.Context, userID string, req *request, where
 			return hits, "", nil // no more matches
 		}
 	}
-	return hits, batchToken(offset), nil
+	if req.byRecent {
+		return hits, batchToken('p', lastPos), nil
+	}
+	return hits, batchToken('o', int64(offset)), nil
 }
 
 func (s *SearchAPI) candidates(ctx context.Context, query string, args ...any) ([]candidate, error) {

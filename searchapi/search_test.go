@@ -54,16 +54,21 @@ func TestSearchKeysOrderingAndPaging(t *testing.T) {
 			t.Fatalf("body found under content.name: %d", n)
 		}
 
-		// Paging through five matches two at a time.
+		// Paging through five matches two at a time, newest first; a
+		// message arriving meanwhile does not shift the pages.
 		var seen []string
 		next := ""
 		for page := 0; ; page++ {
 			r := search(t, s, alice, "comet", map[string]any{"filter": map[string]any{"limit": 2}, "order_by": "recent"}, next)
-			if r.Get("count").Int() != 5 {
+			if page == 0 && r.Get("count").Int() != 5 {
 				t.Fatalf("count: %s", r.Raw)
 			}
 			seen = append(seen, resultIDs(r)...)
 			next = r.Get("next_batch").String()
+			if page == 0 {
+				late := say(t, s, alice, roomID, "comet late")
+				searchUntil(t, s, alice, "late", nil, "the late comet", hasResult(late))
+			}
 			if next == "" {
 				break
 			}
@@ -76,6 +81,22 @@ func TestSearchKeysOrderingAndPaging(t *testing.T) {
 		if !slices.Equal(seen, want) {
 			t.Fatalf("paged results %v, want %v", seen, want)
 		}
+		// By rank: every match once (six now).
+		seen, next = nil, ""
+		for page := 0; page < 10; page++ {
+			r := search(t, s, alice, "comet", map[string]any{"filter": map[string]any{"limit": 4}}, next)
+			seen = append(seen, resultIDs(r)...)
+			if next = r.Get("next_batch").String(); next == "" {
+				break
+			}
+		}
+		if len(seen) != 6 || len(slices.Compact(slices.Sorted(slices.Values(seen)))) != 6 {
+			t.Fatalf("rank paging: %v", seen)
+		}
+		// A token of one ordering does not fit the other.
+		first := search(t, s, alice, "comet", map[string]any{"filter": map[string]any{"limit": 1}}, "")
+		s.ExpectError(400, "M_INVALID_PARAM", "POST", "/_matrix/client/v3/search?next_batch="+first.Get("next_batch").String(), alice.AccessToken,
+			map[string]any{"search_categories": map[string]any{"room_events": map[string]any{"search_term": "comet", "order_by": "recent"}}})
 
 		// Filters: senders, types and rooms.
 		if n := len(resultIDs(search(t, s, alice, "comet", map[string]any{"filter": map[string]any{"senders": []string{"@nobody:localhost"}}}, ""))); n != 0 {
@@ -87,7 +108,7 @@ func TestSearchKeysOrderingAndPaging(t *testing.T) {
 		if n := len(resultIDs(search(t, s, alice, "comet", map[string]any{"filter": map[string]any{"not_rooms": []string{roomID}}}, ""))); n != 0 {
 			t.Fatalf("not_rooms filter: %d results", n)
 		}
-		if n := len(resultIDs(search(t, s, alice, "comet", map[string]any{"filter": map[string]any{"rooms": []string{roomID}, "types": []string{"m.room.message"}}}, ""))); n != 5 {
+		if n := len(resultIDs(search(t, s, alice, "comet", map[string]any{"filter": map[string]any{"rooms": []string{roomID}, "types": []string{"m.room.message"}}}, ""))); n != 6 {
 			t.Fatalf("rooms and types filter: %d results", n)
 		}
 	})
