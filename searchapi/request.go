@@ -19,19 +19,19 @@ const (
 
 // request is a checked room_events search.
 type request struct {
-	words      []string
-	keys       []string
-	filter     *eventfilter.RoomEventFilter
-	limit      int
-	byRecent   bool
-	context    *contextRequest
-	withState  bool
-	groupBy    []string // "room_id", "sender"
+	words     []string
+	keys      []string
+	filter    *eventfilter.RoomEventFilter
+	limit     int
+	byRecent  bool
+	context   *contextRequest
+	withState bool
+	groupBy   []string // "room_id", "sender"
 	// From next_batch: how many candidates earlier pages looked at (rank
 	// order), or the position below which to go on (recent order; 0 for
 	// the first page).
-	offset    int
-	beforePos int64
+	offset     int
+	beforePos  int64
 	searchTerm string
 }
 
