@@ -21,14 +21,22 @@ type roomBound struct {
 }
 
 // roomScope lists the rooms a user has been in (joined or invited now,
-// or left since, up to when they left), narrowed by the filter's rooms.
+// or left since, up to when they left, unless they forgot the room),
+// narrowed by the filter's rooms.
 func (s *SearchAPI) roomScope(ctx context.Context, userID string, f *eventfilter.RoomEventFilter) ([]roomBound, error) {
 	memberships, err := s.rs.Memberships(ctx, userID)
 	if err != nil {
 		return nil, err
 	}
+	forgotten, err := s.rs.ForgottenRooms(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
 	var out []roomBound
 	for _, m := range memberships {
+		if slices.Contains(forgotten, m.RoomID) {
+			continue
+		}
 		if f != nil && ((f.Rooms != nil && !slices.Contains(f.Rooms, m.RoomID)) || slices.Contains(f.NotRooms, m.RoomID)) {
 			continue
 		}

@@ -27,6 +27,7 @@ type Roomserver interface {
 	streamconsumer.Stream
 	Event(ctx context.Context, eventID string) (*rsapi.Event, error)
 	Memberships(ctx context.Context, userID string) ([]rsapi.Membership, error)
+	ForgottenRooms(ctx context.Context, userID string) ([]string, error)
 	VisibleEvents(ctx context.Context, userID string, events []gomatrixserverlib.PDU) ([]gomatrixserverlib.PDU, error)
 	ReadableState(ctx context.Context, roomID, userID string) (rsapi.ReadableState, error)
 	StateAt(ctx context.Context, stateNID int64, types ...string) ([]gomatrixserverlib.PDU, error)

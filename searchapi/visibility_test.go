@@ -42,6 +42,11 @@ func TestSearchVisibility(t *testing.T) {
 		if n := search(t, s, bob, "departed", nil, "").Get("count").Int(); n != 0 {
 			t.Fatalf("count tells bob of %d messages after he left", n)
 		}
+		// Once he forgets the room, he finds nothing there.
+		s.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(joinedOnly)+"/forget", bob.AccessToken, map[string]any{})
+		if r := search(t, s, bob, "nebula", nil, ""); len(resultIDs(r)) != 0 || r.Get("count").Int() != 0 {
+			t.Fatalf("bob finds messages of a room he forgot: %s", r.Raw)
+		}
 	})
 }
 
