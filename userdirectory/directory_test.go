@@ -135,6 +135,12 @@ func TestUserDirectoryVisibility(t *testing.T) {
 		s.MustOK("PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(public)+"/state/m.room.join_rules/", carol.AccessToken,
 			map[string]any{"join_rule": "invite"})
 		lookupUntil(t, s, alice, "carol", "carol after her room became private", lacks(carol.UserID))
+
+		// What the directory knows survives a restart.
+		s.Restart()
+		if got := ids(lookup(t, s, carol, "bobby", 0)); !slices.Equal(got, []string{bob.UserID}) {
+			t.Fatalf("after restart: %v", got)
+		}
 	})
 }
 
