@@ -169,7 +169,8 @@ func (d *Directory) Search(ctx context.Context, searcher, term string, limit int
 }
 
 // visibleMatches queries the users joined to a room the searcher is
-// joined to, or to a public or world-readable room.
+// joined to, or to a public or world-readable room that one of our users
+// is still in.
 func (d *Directory) visibleMatches(ctx context.Context, searcher string, words []string, limit int) ([]Result, error) {
 	var q strings.Builder
 	q.WriteString(`SELECT p.user_id, p.display_name, p.avatar_url,
@@ -178,7 +179,8 @@ func (d *Directory) visibleMatches(ctx context.Context, searcher string, words [
 		FROM userdirectory_profiles p
 		WHERE p.user_id IN (SELECT m.user_id FROM userdirectory_members m
 			LEFT JOIN userdirectory_rooms r ON r.room_id = m.room_id
-			WHERE r.join_rule = 'public' OR r.history_visibility = 'world_readable'
+			WHERE ((r.join_rule = 'public' OR r.history_visibility = 'world_readable')
+					AND EXISTS (SELECT 1 FROM userdirectory_members l WHERE l.room_id = m.room_id AND l.is_local))
 				OR m.room_id IN (SELECT room_id FROM userdirectory_members WHERE user_id = $1))`)
 	args := []any{searcher}
 	for _, w := range words {

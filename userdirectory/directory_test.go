@@ -246,4 +246,9 @@ func TestUserDirectoryRemoteUsers(t *testing.T) {
 	lookupUntil(t, a, alice, "rowan", "the remote user's new name", finds(bob.UserID))
 	// And the other way: bob's server knows alice from the join.
 	lookupUntil(t, b, bob, "alice", "alice on bob's server", finds(alice.UserID))
+	// Once bob's server has left the room, what it knew of it is stale:
+	// alice is no longer shown there, public room or not.
+	b.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/leave", bob.AccessToken, map[string]any{})
+	lookupUntil(t, b, bob, "alice", "alice to go after bob's server left", lacks(alice.UserID))
+	lookupUntil(t, a, alice, "rowan", "bob to go after he left", lacks(bob.UserID))
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -74,7 +75,7 @@ func (d *Directory) applyState(ctx context.Context, tx *sql.Tx, roomID string, e
 			_, err := tx.ExecContext(ctx, sqlRemoveMember, roomID, userID)
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, sqlAddMember, roomID, userID); err != nil {
+		if _, err := tx.ExecContext(ctx, sqlAddMember, roomID, userID, strings.HasSuffix(userID, ":"+d.serverName)); err != nil {
 			return err
 		}
 		return d.setProfile(ctx, tx, userID, stringField(content, "displayname"), stringField(content, "avatar_url"))

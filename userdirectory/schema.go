@@ -8,7 +8,10 @@ const component = "userdirectory"
 //   - userdirectory_position: how far the stream was read.
 //   - userdirectory_rooms: the join rule and history visibility of each
 //     room, which make its members visible to everyone when public.
-//   - userdirectory_members: who is joined to which room now.
+//   - userdirectory_members: who is joined to which room now, and whether
+//     they are our users (a public room counts only while one of ours is
+//     in it: once this server has left, what it knows of the room goes
+//     stale).
 //   - userdirectory_profiles: each user's display name and avatar, from
 //     their newest join event.
 //   - userdirectory_words: the lower-case words of each user's display
@@ -28,6 +31,7 @@ CREATE TABLE userdirectory_rooms (
 CREATE TABLE userdirectory_members (
 	room_id TEXT NOT NULL,
 	user_id TEXT NOT NULL,
+	is_local BOOLEAN NOT NULL,
 	PRIMARY KEY (room_id, user_id)
 );
 CREATE INDEX userdirectory_members_user ON userdirectory_members (user_id);
@@ -51,7 +55,7 @@ const (
 		ON CONFLICT (room_id) DO UPDATE SET join_rule = excluded.join_rule`
 	sqlSetHistoryVisibility = `INSERT INTO userdirectory_rooms (room_id, history_visibility) VALUES ($1, $2)
 		ON CONFLICT (room_id) DO UPDATE SET history_visibility = excluded.history_visibility`
-	sqlAddMember = `INSERT INTO userdirectory_members (room_id, user_id) VALUES ($1, $2)
+	sqlAddMember = `INSERT INTO userdirectory_members (room_id, user_id, is_local) VALUES ($1, $2, $3)
 		ON CONFLICT (room_id, user_id) DO NOTHING`
 	sqlRemoveMember  = `DELETE FROM userdirectory_members WHERE room_id = $1 AND user_id = $2`
 	sqlUpsertProfile = `INSERT INTO userdirectory_profiles (user_id, display_name, avatar_url) VALUES ($1, $2, $3)
