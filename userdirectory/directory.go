@@ -170,18 +170,19 @@ func (d *Directory) Search(ctx context.Context, searcher, term string, limit int
 
 // visibleMatches queries the users joined to a room the searcher is
 // joined to, or to a public or world-readable room that one of our users
-// is still in.
+// is still in. Searchers do not share rooms with themselves: they find
+// themselves only through public rooms, as other users would.
 func (d *Directory) visibleMatches(ctx context.Context, searcher string, words []string, limit int) ([]Result, error) {
 	var q strings.Builder
 	q.WriteString(`SELECT p.user_id, p.display_name, p.avatar_url,
 		EXISTS (SELECT 1 FROM userdirectory_members mine JOIN userdirectory_members theirs ON theirs.room_id = mine.room_id
-			WHERE mine.user_id = $1 AND theirs.user_id = p.user_id) AS shared
+			WHERE mine.user_id = $1 AND theirs.user_id = p.user_id AND theirs.user_id <> $1) AS shared
 		FROM userdirectory_profiles p
 		WHERE p.user_id IN (SELECT m.user_id FROM userdirectory_members m
 			LEFT JOIN userdirectory_rooms r ON r.room_id = m.room_id
 			WHERE ((r.join_rule = 'public' OR r.history_visibility = 'world_readable')
 					AND EXISTS (SELECT 1 FROM userdirectory_members l WHERE l.room_id = m.room_id AND l.is_local))
-				OR m.room_id IN (SELECT room_id FROM userdirectory_members WHERE user_id = $1))`)
+				OR (m.user_id <> $1 AND m.room_id IN (SELECT room_id FROM userdirectory_members WHERE user_id = $1)))`)
 	args := []any{searcher}
 	for _, w := range words {
 		args = append(args, w+"%")

@@ -119,6 +119,10 @@ func TestUserDirectoryVisibility(t *testing.T) {
 		if got := ids(lookup(t, s, alice, "hidden", 0)); len(got) != 0 {
 			t.Fatalf("alice finds a stranger by display name: %v", got)
 		}
+		// Dave, in a private room only, does not find himself either.
+		if got := ids(lookup(t, s, dave, "dave", 0)); len(got) != 0 {
+			t.Fatalf("dave finds himself through a private room: %v", got)
+		}
 
 		// A display name change is reflected.
 		setName(t, s, bob, "Bobby Drop")
