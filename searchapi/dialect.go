@@ -22,7 +22,8 @@ CREATE TABLE searchapi_docs (
 	type TEXT NOT NULL,
 	search_key TEXT NOT NULL,
 	pos BIGINT NOT NULL,
-	text TEXT NOT NULL
+	text TEXT NOT NULL,
+	own_text TEXT NOT NULL
 );
 CREATE INDEX searchapi_docs_room_pos ON searchapi_docs (room_id, pos);
 -- An external content FTS5 index over searchapi_docs.text: the text is
@@ -43,6 +44,7 @@ CREATE TABLE searchapi_docs (
 	search_key TEXT NOT NULL,
 	pos BIGINT NOT NULL,
 	text TEXT NOT NULL,
+	own_text TEXT NOT NULL,
 	tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', text)) STORED
 );
 CREATE INDEX searchapi_docs_room_pos ON searchapi_docs (room_id, pos);

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"strings"
 
-	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/tidwall/gjson"
 
@@ -56,7 +55,7 @@ func (s *SearchAPI) index(ctx context.Context, tx *sql.Tx, out rsapi.OutputEvent
 	if rel := content.Get(`m\.relates_to`); rel.Get("rel_type").String() == "m.replace" {
 		// An edit is not a result of its own: it changes what its
 		// original is found by.
-		return s.applyEdit(ctx, tx, ev, rel.Get("event_id").String(), content.Get(`m\.new_content`))
+		return s.recordEdit(ctx, tx, out, rel.Get("event_id").String(), content.Get(`m\.new_content`))
 	}
 	key, text := searchableText(ev.Type(), ev.StateKey(), content)
 	if text == "" {
@@ -71,7 +70,13 @@ func (s *SearchAPI) index(ctx context.Context, tx *sql.Tx, out rsapi.OutputEvent
 	if err != nil {
 		return err
 	}
-	return s.fts.indexDoc(ctx, tx, id, text)
+	if err := s.fts.indexDoc(ctx, tx, id, text); err != nil {
+		return err
+	}
+	if key == keyBody { // an edit may have come first (federation)
+		return s.refreshText(ctx, tx, ev.EventID())
+	}
+	return nil
 }
 
 // searchableText returns the key and text an event is found by, or "".
@@ -100,66 +105,98 @@ func searchableText(evType string, stateKey *string, content gjson.Result) (key,
 	return key, strings.TrimSpace(text)
 }
 
-// applyEdit makes the original event findable by the edit's new text,
-// when the edit comes from the original's sender in the same room (as the
-// spec requires of valid edits). Edits of events not indexed (yet) are
-// ignored.
-func (s *SearchAPI) applyEdit(ctx context.Context, tx *sql.Tx, edit gomatrixserverlib.PDU, originalID string, newContent gjson.Result) error {
+// recordEdit keeps an edit's new text and lets its original be found by
+// it. Edits of events not indexed (yet) wait in searchapi_edits.
+func (s *SearchAPI) recordEdit(ctx context.Context, tx *sql.Tx, out rsapi.OutputEvent, originalID string, newContent gjson.Result) error {
 	if originalID == "" || !newContent.IsObject() {
 		return nil
 	}
+	_, text := searchableText("m.room.message", nil, newContent)
+	if text == "" {
+		return nil
+	}
+	ev := out.Event
+	if _, err := tx.ExecContext(ctx, sqlInsertEdit, ev.EventID(), originalID, out.RoomID, string(ev.SenderID()),
+		out.Position, text); err != nil {
+		return err
+	}
+	return s.refreshText(ctx, tx, originalID)
+}
+
+// refreshText sets the text a message is found by: that of its newest
+// edit from the same sender in the same room (the spec's valid edits),
+// else its own.
+func (s *SearchAPI) refreshText(ctx context.Context, tx *sql.Tx, eventID string) error {
 	var id int64
-	var roomID, sender, key, oldText string
-	err := tx.QueryRowContext(ctx, sqlDocByEvent, originalID).Scan(&id, &roomID, &sender, &key, &oldText)
+	var roomID, sender, key, text, ownText string
+	err := tx.QueryRowContext(ctx, sqlDocByEvent, eventID).Scan(&id, &roomID, &sender, &key, &text, &ownText)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil
 	}
-	if err != nil {
+	if err != nil || key != keyBody {
 		return err
 	}
-	if roomID != edit.RoomID().String() || sender != string(edit.SenderID()) || key != keyBody {
+	want := ownText
+	err = tx.QueryRowContext(ctx, sqlNewestEdit, eventID, roomID, sender).Scan(&want)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
+	if want == text {
 		return nil
 	}
-	_, text := searchableText("m.room.message", nil, newContent)
-	if text == "" || text == oldText {
-		return nil
-	}
-	if err := s.fts.unindexDoc(ctx, tx, id, oldText); err != nil {
+	if err := s.fts.unindexDoc(ctx, tx, id, text); err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, sqlUpdateDoc, id, text); err != nil {
+	if _, err := tx.ExecContext(ctx, sqlUpdateDoc, id, want); err != nil {
 		return err
 	}
-	return s.fts.indexDoc(ctx, tx, id, text)
+	return s.fts.indexDoc(ctx, tx, id, want)
 }
 
-// applyRedaction removes a redacted event from the index. The roomserver
+// applyRedaction removes a redacted event from the index, or, for a
+// redacted edit, takes its text back from its original. The roomserver
 // decides whether a redaction takes effect (the redacter's power, room
-// version rules), so the event is dropped only once its stored copy no
-// longer has the text it was indexed by.
+// version rules), so nothing changes until its stored copy of the event
+// has lost its text.
 func (s *SearchAPI) applyRedaction(ctx context.Context, tx *sql.Tx, targetID string) error {
 	if targetID == "" {
 		return nil
 	}
 	var id int64
-	var roomID, sender, key, oldText string
-	err := tx.QueryRowContext(ctx, sqlDocByEvent, targetID).Scan(&id, &roomID, &sender, &key, &oldText)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil
-	}
-	if err != nil {
+	var text string
+	err := tx.QueryRowContext(ctx, sqlDocByEvent, targetID).Scan(&id, new(string), new(string), new(string), &text, new(string))
+	isDoc := err == nil
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return err
+	}
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM searchapi_edits WHERE edit_id = $1`, targetID).Scan(&n); err != nil {
+		return err
+	}
+	if !isDoc && n == 0 {
+		return nil // never indexed: nothing to undo
 	}
 	target, err := s.rs.Event(ctx, targetID)
 	if err == nil {
-		_, text := searchableText(target.Type(), target.StateKey(), gjson.ParseBytes(target.Content()))
-		if text != "" {
+		if _, left := searchableText(target.Type(), target.StateKey(), gjson.ParseBytes(target.Content())); left != "" {
 			return nil // the redaction did not apply
 		}
 	} else if !errors.Is(err, rsapi.ErrEventNotFound) {
 		return err
 	}
-	if err := s.fts.unindexDoc(ctx, tx, id, oldText); err != nil {
+	if n > 0 {
+		var originalID string
+		if err := tx.QueryRowContext(ctx, sqlDeleteEdit, targetID).Scan(&originalID); err != nil {
+			return err
+		}
+		if err := s.refreshText(ctx, tx, originalID); err != nil {
+			return err
+		}
+	}
+	if !isDoc {
+		return nil
+	}
+	if err := s.fts.unindexDoc(ctx, tx, id, text); err != nil {
 		return err
 	}
 	_, err = tx.ExecContext(ctx, sqlDeleteDoc, id)

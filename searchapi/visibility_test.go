@@ -88,6 +88,25 @@ func TestSearchRedactionsAndEdits(t *testing.T) {
 		if ids := resultIDs(search(t, s, alice, "phrasing", nil, "")); len(ids) != 1 || ids[0] != original {
 			t.Fatalf("a foreign edit changed the original's text: %v", ids)
 		}
+		// A second edit wins; redacting it brings back the first edit's
+		// text, and redacting that one the original's.
+		edit2 := send(t, s, alice, roomID, map[string]any{"msgtype": "m.text", "body": "* third version",
+			"m.new_content": map[string]any{"msgtype": "m.text", "body": "third version"},
+			"m.relates_to":  map[string]any{"rel_type": "m.replace", "event_id": original}})
+		searchUntil(t, s, alice, "third", nil, "the second edit's text", hasResult(original))
+		redact := func(id string) {
+			s.MustOK("PUT", fmt.Sprintf("/_matrix/client/v3/rooms/%s/redact/%s/r%s", url.PathEscape(roomID), url.PathEscape(id), id[1:8]),
+				alice.AccessToken, map[string]any{})
+		}
+		redact(edit2)
+		searchUntil(t, s, alice, "phrasing", nil, "the first edit's text back", hasResult(original))
+		redact(edit)
+		searchUntil(t, s, alice, "wording", nil, "the original's own text back", hasResult(original))
+		for _, term := range []string{"third", "phrasing"} {
+			if ids := resultIDs(search(t, s, alice, term, nil, "")); len(ids) != 0 {
+				t.Fatalf("redacted edits' text %q still finds %v", term, ids)
+			}
+		}
 	})
 }
 
