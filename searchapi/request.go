@@ -30,9 +30,8 @@ type request struct {
 	// From next_batch: how many candidates earlier pages looked at (rank
 	// order), or the position below which to go on (recent order; 0 for
 	// the first page).
-	offset     int
-	beforePos  int64
-	searchTerm string
+	offset    int
+	beforePos int64
 }
 
 type contextRequest struct {
@@ -86,7 +85,7 @@ func parseRequest(data []byte, nextBatch string) (*request, error) {
 	if len(*re.SearchTerm) > maxSearchTermLength {
 		return nil, httputil.InvalidParam("search_term is longer than %d bytes", maxSearchTermLength)
 	}
-	req := &request{searchTerm: *re.SearchTerm, words: searchWords(*re.SearchTerm), limit: defaultResultLimit}
+	req := &request{words: searchWords(*re.SearchTerm), limit: defaultResultLimit}
 	req.keys = []string{keyBody, keyName, keyTopic}
 	if re.Keys != nil {
 		req.keys = nil
