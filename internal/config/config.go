@@ -37,6 +37,8 @@ type Config struct {
 	Auth               Auth         `yaml:"auth"`
 	// DefaultRoomVersion is the version of rooms created without one.
 	DefaultRoomVersion string `yaml:"default_room_version"`
+	// UserDirectory configures POST /user_directory/search.
+	UserDirectory UserDirectory `yaml:"user_directory"`
 
 	// DataDir is where the config was loaded for; not part of the file.
 	DataDir string `yaml:"-"`
@@ -117,6 +119,14 @@ type Auth struct {
 	// AccessTokenLifetime applies to access tokens issued with a refresh
 	// token; others never expire.
 	AccessTokenLifetime Duration `yaml:"access_token_lifetime"`
+}
+
+// UserDirectory configures who the user directory shows.
+type UserDirectory struct {
+	// SearchAllUsers shows every local user to every searcher. When false
+	// (the default), a searcher sees only users who share a room with
+	// them or are joined to a public or world-readable room.
+	SearchAllUsers bool `yaml:"search_all_users"`
 }
 
 // Duration is a time.Duration written as "5m", "1h30m" in YAML.

@@ -115,4 +115,9 @@ default_room_version: {{q .DefaultRoomVersion}}
 auth:
   # Lifetime of access tokens issued together with a refresh token.
   access_token_lifetime: {{q .Auth.AccessTokenLifetime.String}}
+
+user_directory:
+  # Let every user find every local user. When false, the directory shows only users who
+  # share a room with the searcher or are joined to a public or world-readable room.
+  search_all_users: {{.UserDirectory.SearchAllUsers}}
 `))

@@ -24,8 +24,10 @@ import (
 	"github.com/plexus-chat/plexus/internal/signingkey"
 	"github.com/plexus-chat/plexus/keyserver"
 	"github.com/plexus-chat/plexus/roomserver"
+	"github.com/plexus-chat/plexus/searchapi"
 	"github.com/plexus-chat/plexus/storage"
 	"github.com/plexus-chat/plexus/syncapi"
+	"github.com/plexus-chat/plexus/userdirectory"
 )
 
 // Server is a running homeserver.
@@ -39,6 +41,8 @@ type Server struct {
 	Federation *federationapi.FederationAPI
 	Keys       *keyserver.KeyServer  // end-to-end encryption keys and key backup
 	Sender     *federationapi.Sender // outbound transactions
+	Search     *searchapi.SearchAPI  // POST /search over its own index of the room stream
+	Directory  *userdirectory.Directory
 	Handler    http.Handler
 
 	// TLSListener, when set before Listen, is used for listen.tls instead
@@ -118,6 +122,19 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
+	// Server-side search indexes the room stream from its own position (searchapi/).
+	search, err := searchapi.New(ctx, db, cfg.ServerName, rs)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	// The user directory follows memberships and profiles in the room stream (userdirectory/).
+	directory, err := userdirectory.New(ctx, db, cfg.ServerName, rs, accts,
+		userdirectory.Options{SearchAllUsers: cfg.UserDirectory.SearchAllUsers})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
 	federationapi.NewTransactionHandler(fed, federationapi.TransactionDeps{Roomserver: rs, EDUs: sync, Sender: sender,
 		Keys: federationapi.NewKeyUpdates(keys, remoteKeys)})
 	// Read endpoints for other servers and OpenID tokens (federationapi/reads*.go).
@@ -143,8 +160,11 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	sync.Start(bg)
 	sender.Start(bg)
 	deviceLists.Start(bg) // Shutdown waits for it with the sender
+	search.Start(bg)
+	directory.Start(bg)
 	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs, Sync: sync, Federation: fed,
 		Keys: keys, Sender: sender, stop: stop}
+	s.Search, s.Directory = search, directory
 	s.Handler = s.routes(client)
 	return s, nil
 }
@@ -153,6 +173,8 @@ func (s *Server) routes(client *clientapi.API) http.Handler {
 	root := httputil.NewRouter()
 	client.Register(root)
 	s.Sync.Register(root, client.Authed)
+	s.Search.Register(root, client.Authed)
+	s.Directory.Register(root, client.Authed)
 	s.Federation.Register(root)
 	root.Handle("/metrics", promhttp.Handler()).Methods(http.MethodGet)
 	root.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
