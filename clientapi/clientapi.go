@@ -104,6 +104,7 @@ func (a *API) Register(root *mux.Router) {
 	a.registerOpenIDRoutes(r)
 	a.registerKeyRoutes(r) // keys.go: /keys/* and /room_keys/* (end-to-end encryption)
 	a.registerPushRoutes(r)
+	a.registerMiscRoutes(r) // misc_routes.go: spaces, reports, tags, login tokens, 3pids, notices
 	a.registerAdminRoutes(root)
 }
 

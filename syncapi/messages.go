@@ -121,6 +121,9 @@ func (s *SyncAPI) messages(w http.ResponseWriter, r *http.Request, sess *account
 			}
 		}
 		visible, err := s.rs.VisibleEvents(ctx, userID, pdus)
+		if err == nil {
+			visible, err = s.dropIgnored(ctx, userID, visible) // ignored.go
+		}
 		if err != nil {
 			return err
 		}
