@@ -8,4 +8,6 @@ func (a *API) registerMiscRoutes(r *router) {
 	a.registerSupportRoutes(r)
 	a.registerThreepidRoutes(r)
 	a.registerMutualRoomsRoutes(r)
+	a.registerSpaceRoutes(r)
+	a.registerRoomSummaryRoutes(r)
 }

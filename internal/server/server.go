@@ -122,6 +122,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		Keys: federationapi.NewKeyUpdates(keys, remoteKeys)})
 	// Read endpoints for other servers and OpenID tokens (federationapi/reads*.go).
 	fed.RegisterReads(rs, accts, keys)
+	fed.RegisterHierarchy(rs) // federationapi/hierarchy.go: spaces for other servers
 	// Membership handshakes over federation, both directions (federationapi/membership*.go).
 	membership := federationapi.NewMembership(fed, rs, func(ctx context.Context, localpart string) (bool, error) {
 		acc, err := accts.Account(ctx, localpart)
