@@ -9,5 +9,6 @@ func (a *API) registerMiscRoutes(r *router) {
 	a.registerThreepidRoutes(r)
 	a.registerMutualRoomsRoutes(r)
 	a.registerSpaceRoutes(r)
+	a.registerLoginTokenRoutes(r)
 	a.registerRoomSummaryRoutes(r)
 }
