@@ -34,6 +34,7 @@ type API struct {
 	push    PushStore
 	uiaa    *uiaaSessions
 	nonces  *nonceStore
+	reports ReportStore // nil turns the report endpoints off (reports.go)
 
 	// limit is the general per-client limiter, authLimit the stricter one
 	// for login and registration; both nil when rate limiting is off.
@@ -64,6 +65,8 @@ type Deps struct {
 	RemoteQueries RemoteQueries
 	// Push stores pushers and serves notifications (the sync API).
 	Push PushStore
+	// Reports keeps users' content reports for the admins (reports.go).
+	Reports ReportStore
 }
 
 // RemoteQueries are the questions the client API relays to other servers.
@@ -75,7 +78,7 @@ type RemoteQueries interface {
 // New makes the client API.
 func New(cfg *config.Config, d Deps) *API {
 	a := &API{cfg: cfg, accounts: d.Accounts, rooms: d.Rooms, waker: d.Waker, uiaa: newUIAASessions(), nonces: newNonceStore(),
-		openID: d.OpenID, remote: d.RemoteMembership, queries: d.RemoteQueries, push: d.Push}
+		openID: d.OpenID, remote: d.RemoteMembership, queries: d.RemoteQueries, push: d.Push, reports: d.Reports}
 	if d.Keys != nil {
 		a.keys = &keyDeps{keys: d.Keys, changes: d.KeyChanges}
 	}

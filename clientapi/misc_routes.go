@@ -10,5 +10,7 @@ func (a *API) registerMiscRoutes(r *router) {
 	a.registerMutualRoomsRoutes(r)
 	a.registerSpaceRoutes(r)
 	a.registerLoginTokenRoutes(r)
+	a.registerReportRoutes(r)
+	a.registerReportAdminRoutes(r.mux)
 	a.registerRoomSummaryRoutes(r)
 }

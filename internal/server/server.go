@@ -23,6 +23,7 @@ import (
 	"github.com/plexus-chat/plexus/internal/httputil"
 	"github.com/plexus-chat/plexus/internal/signingkey"
 	"github.com/plexus-chat/plexus/keyserver"
+	"github.com/plexus-chat/plexus/reports"
 	"github.com/plexus-chat/plexus/roomserver"
 	"github.com/plexus-chat/plexus/storage"
 	"github.com/plexus-chat/plexus/syncapi"
@@ -131,6 +132,11 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		}
 		return err == nil && !acc.Deactivated, err
 	}, sender)
+	reportStore, err := reports.New(ctx, db) // users' content reports, for the admins
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
 	client := clientapi.New(cfg, clientapi.Deps{
 		Accounts: accts, Rooms: rs, Waker: sync,
 		Keys: keys, KeyChanges: sync,
@@ -138,6 +144,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		RemoteMembership: membership,
 		RemoteQueries:    federationapi.NewQueries(fed),
 		Push:             sync,
+		Reports:          reportStore,
 	})
 	bg, stop := context.WithCancel(context.Background())
 	sync.Start(bg)
