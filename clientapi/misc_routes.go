@@ -12,5 +12,6 @@ func (a *API) registerMiscRoutes(r *router) {
 	a.registerLoginTokenRoutes(r)
 	a.registerReportRoutes(r)
 	a.registerReportAdminRoutes(r.mux)
+	a.registerServerNoticeRoutes(r.mux)
 	a.registerRoomSummaryRoutes(r)
 }
