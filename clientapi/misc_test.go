@@ -162,6 +162,10 @@ func TestIgnoredUsersHiddenFromMessagesContextAndInvites(t *testing.T) {
 		if r.Get("chunk.#(event_id==" + his + ")").Exists() {
 			t.Fatalf("ignored user's message in /messages: %s", r)
 		}
+		// His state events stay (his join), as the spec asks.
+		if !r.Get(`chunk.#(type=="m.room.member")#.state_key`).Get(`#(=="` + bob.UserID + `")`).Exists() {
+			t.Fatalf("ignored user's join left out of /messages: %s", r)
+		}
 		r = s.MustOK("GET", roomPath(roomID, "context", mine)+"?limit=10", alice.AccessToken, nil)
 		if r.Get("events_after.#(event_id==" + his + ")").Exists() {
 			t.Fatalf("ignored user's message in /context: %s", r)

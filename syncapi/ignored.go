@@ -9,7 +9,8 @@ import (
 
 // dropIgnored leaves out the events sent by users that userID (a local
 // user) ignores: /messages and /context must not show them, as /sync
-// does not (m.ignored_user_list).
+// does not (m.ignored_user_list). Their state events stay, as the spec
+// asks, so that the room looks the same to everyone.
 func (s *SyncAPI) dropIgnored(ctx context.Context, userID string, events []gomatrixserverlib.PDU) ([]gomatrixserverlib.PDU, error) {
 	if len(events) == 0 {
 		return events, nil
@@ -22,7 +23,7 @@ func (s *SyncAPI) dropIgnored(ctx context.Context, userID string, events []gomat
 	}
 	kept := events[:0:0]
 	for _, ev := range events {
-		if !ignored[string(ev.SenderID())] {
+		if ev.StateKey() != nil || !ignored[string(ev.SenderID())] {
 			kept = append(kept, ev)
 		}
 	}
