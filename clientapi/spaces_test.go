@@ -169,6 +169,13 @@ func TestRoomSummary(t *testing.T) {
 		if r.Get("room_id").String() != public || r.Get("membership").Exists() {
 			t.Fatalf("anonymous summary: %s", r)
 		}
+		// Knockable rooms may be seen by anyone, so that they can knock.
+		knock := crCreateRoom(t, s, alice, map[string]any{"preset": "private_chat", "initial_state": []map[string]any{{
+			"type": "m.room.join_rules", "state_key": "", "content": map[string]any{"join_rule": "knock"}}}})
+		if r := s.MustOK("GET", summary(knock), bob.AccessToken, nil); r.Get("join_rule").String() != "knock" {
+			t.Fatalf("knockable room: %s", r)
+		}
+		s.MustOK("GET", summary(knock), "", nil)
 		// Invited: bob may see the private room.
 		s.MustOK("POST", roomPath(private, "invite"), alice.AccessToken, map[string]any{"user_id": bob.UserID})
 		r = s.MustOK("GET", "/_matrix/client/unstable/im.nheko.summary/summary/"+url.PathEscape(private), bob.AccessToken, nil)
