@@ -76,6 +76,9 @@ func New(ctx context.Context, db *storage.DB, opts Options) (*Accounts, error) {
 	if err := db.Migrate(ctx, component, migrations); err != nil {
 		return nil, err
 	}
+	if err := migrateLoginTokens(ctx, db); err != nil { // logintokens.go
+		return nil, err
+	}
 	dummy, err := bcrypt.GenerateFromPassword([]byte("no such user"), cost)
 	if err != nil {
 		return nil, err

@@ -135,6 +135,13 @@ type API interface {
 	// position since (0 for all), and the current stream position.
 	AccountDataSince(ctx context.Context, localpart string, since int64) ([]AccountDataEntry, int64, error)
 
+	// CreateLoginToken issues a single-use m.login.token for the user,
+	// valid for lifetime (logintokens.go).
+	CreateLoginToken(ctx context.Context, localpart string, lifetime time.Duration) (string, error)
+	// ConsumeLoginToken uses up a login token and returns its user's
+	// localpart; ErrUnknownToken (unknown, used or expired), ErrDeactivated.
+	ConsumeLoginToken(ctx context.Context, token string) (string, error)
+
 	// PutFilter stores a (validated) filter and returns its ID.
 	PutFilter(ctx context.Context, localpart string, filter json.RawMessage) (string, error)
 	// Filter returns a stored filter; ErrNotFound.

@@ -34,7 +34,7 @@ func (a *API) capabilities(w http.ResponseWriter, r *http.Request, s *accounts.S
 		// Custom profile fields cannot be stored yet.
 		"m.profile_fields":  map[string]any{"enabled": true, "allowed": profileFields},
 		"m.3pid_changes":    enabled(false),
-		"m.get_login_token": enabled(false),
+		"m.get_login_token": enabled(!s.IsGuest), // logintoken.go
 		// Leaving a room never forgets it.
 		"m.forget_forced_upon_leave": enabled(false),
 		"m.room_versions": map[string]any{

@@ -19,7 +19,7 @@ func TestCapabilities(t *testing.T) {
 		"m\\.set_displayname":          true,
 		"m\\.set_avatar_url":           true,
 		"m\\.3pid_changes":             false,
-		"m\\.get_login_token":          false,
+		"m\\.get_login_token":          true,
 		"m\\.forget_forced_upon_leave": false,
 		"m\\.profile_fields":           true,
 	} {
@@ -54,7 +54,7 @@ func TestCapabilities(t *testing.T) {
 	g := s.MustOK("POST", "/_matrix/client/v3/register?kind=guest", "", map[string]any{})
 	gc := s.MustOK("GET", "/_matrix/client/v3/capabilities", g.Get("access_token").String(), nil).Get("capabilities")
 	if gc.Get("m\\.change_password.enabled").Bool() || gc.Get("m\\.set_avatar_url.enabled").Bool() ||
-		!gc.Get("m\\.set_displayname.enabled").Bool() || gc.Get("m\\.profile_fields.allowed").Raw != `["displayname"]` {
+		!gc.Get("m\\.set_displayname.enabled").Bool() || gc.Get("m\\.get_login_token.enabled").Bool() || gc.Get("m\\.profile_fields.allowed").Raw != `["displayname"]` {
 		t.Errorf("guest capabilities: %s", gc.Raw)
 	}
 }

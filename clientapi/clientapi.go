@@ -34,6 +34,7 @@ type API struct {
 	push    PushStore
 	uiaa    *uiaaSessions
 	nonces  *nonceStore
+	reports ReportStore // nil turns the report endpoints off (reports.go)
 
 	// limit is the general per-client limiter, authLimit the stricter one
 	// for login and registration; both nil when rate limiting is off.
@@ -69,6 +70,8 @@ type Deps struct {
 	Push PushStore
 	// Relations adds bundled aggregations to /event (the sync API).
 	Relations Relations
+	// Reports keeps users' content reports for the admins (reports.go).
+	Reports ReportStore
 }
 
 // RemoteQueries are the questions the client API relays to other servers.
@@ -81,7 +84,7 @@ type RemoteQueries interface {
 func New(cfg *config.Config, d Deps) *API {
 	a := &API{cfg: cfg, accounts: d.Accounts, rooms: d.Rooms, waker: d.Waker, uiaa: newUIAASessions(), nonces: newNonceStore(),
 		openID: d.OpenID, remote: d.RemoteMembership, queries: d.RemoteQueries, push: d.Push,
-		relations: d.Relations}
+		relations: d.Relations, reports: d.Reports}
 	if d.Keys != nil {
 		a.keys = &keyDeps{keys: d.Keys, changes: d.KeyChanges}
 	}
@@ -110,6 +113,7 @@ func (a *API) Register(root *mux.Router) {
 	a.registerOpenIDRoutes(r)
 	a.registerKeyRoutes(r) // keys.go: /keys/* and /room_keys/* (end-to-end encryption)
 	a.registerPushRoutes(r)
+	a.registerMiscRoutes(r) // misc_routes.go: spaces, reports, tags, login tokens, 3pids, notices
 	a.registerAdminRoutes(root)
 }
 

@@ -30,9 +30,7 @@ func (a *API) registerAuthRoutes(r *router) {
 }
 
 func (a *API) loginFlows(w http.ResponseWriter, r *http.Request) error {
-	httputil.WriteJSON(w, http.StatusOK, map[string]any{
-		"flows": []map[string]string{{"type": "m.login.password"}},
-	})
+	httputil.WriteJSON(w, http.StatusOK, map[string]any{"flows": loginFlowList()}) // logintoken.go
 	return nil
 }
 
@@ -79,12 +77,16 @@ type loginRequest struct {
 	DeviceID                 string          `json:"device_id"`
 	InitialDeviceDisplayName string          `json:"initial_device_display_name"`
 	RefreshToken             bool            `json:"refresh_token"`
+	Token                    string          `json:"token"` // m.login.token (logintoken.go)
 }
 
 func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	var req loginRequest
 	if err := httputil.ReadJSON(r, &req); err != nil {
 		return err
+	}
+	if req.Type == loginTokenType {
+		return a.loginWithToken(w, r, &req)
 	}
 	if req.Type != "m.login.password" {
 		return httputil.BadRequest("Unknown login type %q", req.Type)

@@ -301,6 +301,11 @@ func (a *API) leave(w http.ResponseWriter, r *http.Request, s *accounts.Session)
 	if err != nil {
 		return roomError(err)
 	}
+	if current.Membership == spec.Invite {
+		if err := a.refuseServerNoticeReject(ctx, s.Localpart, roomID); err != nil { // servernotices.go
+			return err
+		}
+	}
 	if (current.Membership == spec.Invite || current.Membership == spec.Knock) && a.outOfBand(ctx, roomID, current) {
 		// An invite or knock through another server: rejected or
 		// retracted through it (or here alone when it cannot be reached).

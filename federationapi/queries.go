@@ -18,7 +18,10 @@ import (
 // Queries asks other servers on behalf of our clients: profiles and
 // public room directories (aliases go through Membership, which joins by
 // them too).
-type Queries struct{ fed *FederationAPI }
+type Queries struct {
+	fed       *FederationAPI
+	hierarchy hierarchyCache // queries_hierarchy.go
+}
 
 // NewQueries makes the client-facing queries.
 func NewQueries(fed *FederationAPI) *Queries { return &Queries{fed: fed} }

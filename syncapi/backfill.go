@@ -250,6 +250,9 @@ func (s *SyncAPI) backfillMessages(w http.ResponseWriter, r *http.Request, roomI
 	default:
 		chunk, end, err = b.pageForwards(ctx, roomID, userID, filter, from, limit, to)
 	}
+	if err == nil {
+		chunk, err = s.dropIgnored(ctx, userID, chunk) // ignored.go
+	}
 	if err != nil {
 		return err
 	}

@@ -144,6 +144,9 @@ func (s *SyncAPI) visibleWindow(r *http.Request, roomID, userID string, low, hig
 		}
 	}
 	visible, err := s.rs.VisibleEvents(ctx, userID, pdus)
+	if err == nil {
+		visible, err = s.dropIgnored(ctx, userID, visible) // ignored.go
+	}
 	if err != nil {
 		return nil, err
 	}

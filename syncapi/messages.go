@@ -121,6 +121,9 @@ func (s *SyncAPI) messages(w http.ResponseWriter, r *http.Request, sess *account
 			}
 		}
 		visible, err := s.rs.VisibleEvents(ctx, userID, pdus)
+		if err == nil {
+			visible, err = s.dropIgnored(ctx, userID, visible) // ignored.go
+		}
 		if err != nil {
 			return err
 		}
@@ -135,6 +138,9 @@ func (s *SyncAPI) messages(w http.ResponseWriter, r *http.Request, sess *account
 	var backfillEnd *string
 	if backwards && exhausted && to < 0 && limit > 0 {
 		more, end, err := s.continueWithBackfill(ctx, roomID, userID, filter, limit-len(chunk), toBackfill)
+		if err == nil {
+			more, err = s.dropIgnored(ctx, userID, more) // ignored.go
+		}
 		if err != nil {
 			return err
 		}

@@ -554,7 +554,7 @@ func (b *builder) timeline(ctx context.Context, roomID string, from, to int64, c
 			if filter != nil && !matchesRoomEventFilter(filter, ev.pdu) {
 				continue
 			}
-			if b.ignored[string(ev.pdu.SenderID())] {
+			if b.ignored[string(ev.pdu.SenderID())] && ev.pdu.StateKey() == nil { // state stays (spec)
 				continue
 			}
 			if len(picked) == limit {

@@ -36,6 +36,7 @@ Commands:
   generate-config  write a commented config file
   generate-keys    write a new signing key
   create-account   create a local account
+  server-notice    send a server notice through the running server (needs an admin token)
   version          print the version
   complement-start run as a Complement test image (see build/complement)
 
@@ -67,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return generateKeys(args, stdout, stderr)
 	case "create-account":
 		return createAccount(args, stdout, stderr)
+	case "server-notice":
+		return serverNotice(args, stdout, stderr) // servernotice.go
 	case "complement-start":
 		return complementStart(args, stdout, stderr)
 	case "version":

@@ -39,6 +39,8 @@ type Config struct {
 	DefaultRoomVersion string `yaml:"default_room_version"`
 	// UserDirectory configures POST /user_directory/search.
 	UserDirectory UserDirectory `yaml:"user_directory"`
+	// ServerNotices is the system user that sends notices to users.
+	ServerNotices ServerNotices `yaml:"server_notices"`
 
 	// DataDir is where the config was loaded for; not part of the file.
 	DataDir string `yaml:"-"`
@@ -84,6 +86,22 @@ type Log struct {
 type WellKnown struct {
 	ClientBaseURL string `yaml:"client_base_url"`
 	Server        string `yaml:"server"`
+	// Support is served at /.well-known/matrix/support; empty serves 404.
+	Support Support `yaml:"support"`
+}
+
+// Support names the people to contact about the server.
+type Support struct {
+	Contacts    []SupportContact `yaml:"contacts"`
+	SupportPage string           `yaml:"support_page"`
+}
+
+// SupportContact is one contact: a role (m.role.admin, m.role.security,
+// m.role.moderator) and a Matrix ID and/or an email address.
+type SupportContact struct {
+	Role         string `yaml:"role"`
+	MatrixID     string `yaml:"matrix_id"`
+	EmailAddress string `yaml:"email_address"`
 }
 
 // Federation configures server-to-server traffic.
@@ -127,6 +145,15 @@ type UserDirectory struct {
 	// (the default), a searcher sees only users who share a room with
 	// them or are joined to a public or world-readable room.
 	SearchAllUsers bool `yaml:"search_all_users"`
+}
+
+// ServerNotices configures the user that sends server notices
+// (clientapi/servernotices.go) and the room they arrive in.
+type ServerNotices struct {
+	// SystemUserLocalpart is the sender's localpart (@<it>:<server_name>).
+	SystemUserLocalpart   string `yaml:"system_user_localpart"`
+	SystemUserDisplayName string `yaml:"system_user_display_name"`
+	RoomName              string `yaml:"room_name"`
 }
 
 // Duration is a time.Duration written as "5m", "1h30m" in YAML.
@@ -178,6 +205,8 @@ func Default(serverName string) Config {
 		Auth: Auth{AccessTokenLifetime: Duration(5 * time.Minute)},
 		// The spec's recommended version.
 		DefaultRoomVersion: "12",
+		ServerNotices: ServerNotices{SystemUserLocalpart: "server", SystemUserDisplayName: "Server Notices",
+			RoomName: "Server Notices"},
 	}
 }
 
@@ -315,6 +344,14 @@ func (c *Config) Validate() error {
 	}
 	if (c.Listen.TLSCert == "") != (c.Listen.TLSKey == "") {
 		return errors.New("listen.tls_cert and listen.tls_key: set both, or neither for a self-signed certificate")
+	}
+	if c.ServerNotices.SystemUserLocalpart == "" || strings.ContainsAny(c.ServerNotices.SystemUserLocalpart, ":@ ") {
+		return errors.New("server_notices.system_user_localpart: set a localpart (no @, : or spaces)")
+	}
+	for i, contact := range c.WellKnown.Support.Contacts {
+		if contact.Role == "" || (contact.MatrixID == "" && contact.EmailAddress == "") {
+			return fmt.Errorf("well_known.support.contacts[%d]: set a role and a matrix_id or email_address", i)
+		}
 	}
 	if c.Database == "" {
 		return errors.New("database: set an SQLite file path or a postgres:// URL")

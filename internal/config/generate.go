@@ -87,6 +87,15 @@ well_known:
   client_base_url: {{q .WellKnown.ClientBaseURL}}
   # Served as m.server at /.well-known/matrix/server (host:port for federation); empty serves nothing there.
   server: {{q .WellKnown.Server}}
+  # Served at /.well-known/matrix/support; with neither contacts nor a page, that answers 404.
+  support:
+    # - role: "m.role.admin"          # or m.role.security, m.role.moderator
+    #   matrix_id: "@admin:example.org" # and/or email_address
+    contacts:{{range .WellKnown.Support.Contacts}}
+      - role: {{q .Role}}
+        matrix_id: {{q .MatrixID}}
+        email_address: {{q .EmailAddress}}{{else}} []{{end}}
+    support_page: {{q .WellKnown.Support.SupportPage}}
 
 federation:
   # Notary servers asked for other servers' signing keys when the servers cannot be reached
@@ -111,6 +120,13 @@ federation:
 # Version of rooms created without one: 12 is the spec's recommendation;
 # 10 or 11 for rooms that servers without version 12 (Dendrite 0.13) must join.
 default_room_version: {{q .DefaultRoomVersion}}
+
+server_notices:
+  # The user that sends server notices (@<localpart>:<server_name>), made on first use.
+  system_user_localpart: {{q .ServerNotices.SystemUserLocalpart}}
+  system_user_display_name: {{q .ServerNotices.SystemUserDisplayName}}
+  # Name of the room each user receives notices in.
+  room_name: {{q .ServerNotices.RoomName}}
 
 auth:
   # Lifetime of access tokens issued together with a refresh token.

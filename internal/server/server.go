@@ -23,6 +23,7 @@ import (
 	"github.com/plexus-chat/plexus/internal/httputil"
 	"github.com/plexus-chat/plexus/internal/signingkey"
 	"github.com/plexus-chat/plexus/keyserver"
+	"github.com/plexus-chat/plexus/reports"
 	"github.com/plexus-chat/plexus/roomserver"
 	"github.com/plexus-chat/plexus/searchapi"
 	"github.com/plexus-chat/plexus/storage"
@@ -139,6 +140,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		Keys: federationapi.NewKeyUpdates(keys, remoteKeys)})
 	// Read endpoints for other servers and OpenID tokens (federationapi/reads*.go).
 	fed.RegisterReads(rs, accts, keys)
+	fed.RegisterHierarchy(rs) // federationapi/hierarchy.go: spaces for other servers
 	// Membership handshakes over federation, both directions (federationapi/membership*.go).
 	membership := federationapi.NewMembership(fed, rs, func(ctx context.Context, localpart string) (bool, error) {
 		acc, err := accts.Account(ctx, localpart)
@@ -147,6 +149,11 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		}
 		return err == nil && !acc.Deactivated, err
 	}, sender)
+	reportStore, err := reports.New(ctx, db) // users' content reports, for the admins
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
 	client := clientapi.New(cfg, clientapi.Deps{
 		Accounts: accts, Rooms: rs, Waker: sync,
 		Keys: keys, KeyChanges: sync,
@@ -155,6 +162,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		RemoteQueries:    federationapi.NewQueries(fed),
 		Push:             sync,
 		Relations:        sync, // bundled aggregations on /event (syncapi/aggregations.go)
+		Reports:          reportStore,
 	})
 	bg, stop := context.WithCancel(context.Background())
 	sync.Start(bg)

@@ -186,6 +186,7 @@ type RoomserverAPI interface {
 	UserReader             // history visibility: see the block below
 	MembershipAPI          // restricted joins and forgotten rooms: see the block below
 	FederationInputQuerier // federation transactions: see the block at the end
+	SpaceReader            // space hierarchy and room summaries (spaces.go)
 }
 
 // ---- Published room directory and room upgrades (roomserver/directory.go,
