@@ -37,6 +37,8 @@ type Config struct {
 	Auth               Auth         `yaml:"auth"`
 	// DefaultRoomVersion is the version of rooms created without one.
 	DefaultRoomVersion string `yaml:"default_room_version"`
+	// Media is the content repository (media.go).
+	Media Media `yaml:"media"`
 
 	// DataDir is where the config was loaded for; not part of the file.
 	DataDir string `yaml:"-"`
@@ -168,6 +170,7 @@ func Default(serverName string) Config {
 		Auth: Auth{AccessTokenLifetime: Duration(5 * time.Minute)},
 		// The spec's recommended version.
 		DefaultRoomVersion: "12",
+		Media:              defaultMedia(),
 	}
 }
 
@@ -341,6 +344,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Auth.AccessTokenLifetime < Duration(time.Second) {
 		return errors.New("auth.access_token_lifetime: must be at least 1s")
+	}
+	if err := c.validateMedia(); err != nil {
+		return err
 	}
 	return c.validateFederation()
 }
