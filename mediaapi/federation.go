@@ -92,4 +92,3 @@ func (m *MediaAPI) writeMultipart(w http.ResponseWriter, sha, contentType, name 
 	_ = mw.Close()
 	return nil
 }
-

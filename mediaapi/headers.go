@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"mime"
 	"net/http"
-		"strings"
+	"strings"
 )
 
 // inlineTypes are the content types the spec lists as safe to serve
@@ -31,7 +31,7 @@ func servedContentType(stored string) (full, base string) {
 
 // contentDisposition is "inline" or "attachment" by type, with the file
 // name per RFC 6266: an ASCII filename= when the name is plain ASCII, and
-// filename*=utf-8'' percent-encoded always, so no name can break out of
+// filename*=utf-8” percent-encoded always, so no name can break out of
 // the header.
 func contentDisposition(base, name string) string {
 	kind := "attachment"

@@ -92,7 +92,9 @@ type fetched struct {
 // downloads, so the legacy endpoint is worth a try.
 type errUseLegacy struct{ status int }
 
-func (e *errUseLegacy) Error() string { return fmt.Sprintf("federation media download answered %d", e.status) }
+func (e *errUseLegacy) Error() string {
+	return fmt.Sprintf("federation media download answered %d", e.status)
+}
 
 // remoteError turns a failed answer of another server into our error.
 func remoteError(server string, resp *http.Response) error {

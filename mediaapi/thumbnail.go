@@ -240,4 +240,3 @@ func (m *MediaAPI) pregenerateThumbnails(med *Media) {
 		}
 	})
 }
-
