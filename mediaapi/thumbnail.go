@@ -102,7 +102,9 @@ func (m *MediaAPI) thumbnailFor(ctx context.Context, med *Media, req thumbReques
 		return "", "", httputil.TooLarge("The image is too large to thumbnail")
 	}
 	size, ok := m.pickSize(req)
-	if !ok || (srcW <= req.width && srcH <= req.height) {
+	// The original when it is no larger than asked, or than the size that
+	// would be made (thumbnails are never upscaled).
+	if !ok || (srcW <= req.width && srcH <= req.height) || (srcW <= size.Width && srcH <= size.Height) {
 		return med.SHA256, med.ContentType, nil
 	}
 	animated := req.animated && format == "gif"
