@@ -96,11 +96,11 @@ func (m *MediaAPI) fetchPreview(u *url.URL) (map[string]any, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	base, params, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	base, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	og := map[string]any{}
 	switch {
 	case base == "text/html" || base == "application/xhtml+xml":
-		og = parseOpenGraph(io.LimitReader(resp.Body, m.cfg.URLPreview.MaxPageSize), params["charset"])
+		og = parseOpenGraph(io.LimitReader(resp.Body, m.cfg.URLPreview.MaxPageSize))
 		if img, ok := og["og:image"].(string); ok && img != "" {
 			delete(og, "og:image")
 			if iu, err := u.Parse(img); err == nil && (iu.Scheme == "http" || iu.Scheme == "https") {
@@ -173,7 +173,7 @@ func (m *MediaAPI) storePreviewBody(ctx context.Context, resp *http.Response, co
 
 // parseOpenGraph collects og:* meta properties and the <title> from
 // HTML, stopping at </head> (or the size limit the reader imposes).
-func parseOpenGraph(r io.Reader, charset string) map[string]any {
+func parseOpenGraph(r io.Reader) map[string]any {
 	og := map[string]any{}
 	z := html.NewTokenizer(r)
 	z.SetMaxBuf(256 << 10)

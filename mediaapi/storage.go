@@ -236,11 +236,26 @@ func (s *store) thumbnails(ctx context.Context, server, id string) ([]Thumbnail,
 	return out, rows.Err()
 }
 
-func (s *store) insertThumbnail(ctx context.Context, server, id string, t Thumbnail) error {
-	_, err := s.db.Writer().ExecContext(ctx, `INSERT INTO mediaapi_thumbnails
+// insertThumbnail records a thumbnail, unless its media has gone (deleted
+// while the thumbnail was made); false then, or when it exists already.
+func (s *store) insertThumbnail(ctx context.Context, server, id string, t Thumbnail) (bool, error) {
+	res, err := s.db.Writer().ExecContext(ctx, `INSERT INTO mediaapi_thumbnails
 		(server_name, media_id, width, height, method, content_type, size, sha256)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		SELECT $1, $2, $3, $4, $5, $6, $7, $8
+		WHERE EXISTS (SELECT 1 FROM mediaapi_media WHERE server_name = $1 AND media_id = $2)
 		ON CONFLICT (server_name, media_id, width, height, method) DO NOTHING`,
 		server, id, t.Width, t.Height, t.Method, t.ContentType, t.Size, t.SHA256)
-	return err
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// unreferenced reports whether no media or thumbnail uses a content hash.
+func (s *store) unreferenced(ctx context.Context, sha string) (bool, error) {
+	var n int
+	err := s.db.Writer().QueryRowContext(ctx, `SELECT (SELECT COUNT(*) FROM mediaapi_media WHERE sha256 = $1)
+		+ (SELECT COUNT(*) FROM mediaapi_thumbnails WHERE sha256 = $1)`, sha).Scan(&n)
+	return n == 0, err
 }

@@ -175,8 +175,20 @@ func (m *MediaAPI) makeAndStoreThumbnail(ctx context.Context, med *Media, size c
 		t := Thumbnail{Width: size.Width, Height: size.Height, Method: method, ContentType: contentType, Size: n, SHA256: sha}
 		// Stored under a context of its own: waiters share this result
 		// even if the first requester went away.
-		if err := m.store.insertThumbnail(context.WithoutCancel(ctx), med.ServerName, med.MediaID, t); err != nil {
+		ctx := context.WithoutCancel(ctx)
+		inserted, err := m.store.insertThumbnail(ctx, med.ServerName, med.MediaID, t)
+		if err != nil {
 			return nil, err
+		}
+		if !inserted {
+			if existing, err := find(); err != nil || existing != nil {
+				return existing, err
+			}
+			// The media was deleted meanwhile: drop the new file too.
+			if free, err := m.store.unreferenced(ctx, sha); err == nil && free {
+				_ = m.files.remove(sha)
+			}
+			return nil, httputil.NotFound("Media not found")
 		}
 		return &t, nil
 	})

@@ -34,6 +34,7 @@ Commands:
   generate-config  write a commented config file
   generate-keys    write a new signing key
   create-account   create a local account
+  media            quarantine, unquarantine or delete media: media delete mxc://server/id
   version          print the version
   complement-start run as a Complement test image (see build/complement)
 
@@ -62,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return generateKeys(args, stdout, stderr)
 	case "create-account":
 		return createAccount(args, stdout, stderr)
+	case "media":
+		return mediaCommand(args, stdout, stderr)
 	case "complement-start":
 		return complementStart(args, stdout, stderr)
 	case "version":
