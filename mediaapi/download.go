@@ -55,7 +55,8 @@ func (m *MediaAPI) localMedia(ctx context.Context, id string, wait time.Duration
 		return nil, err
 	}
 	if med != nil && med.Pending() && wait > 0 {
-		ch := m.uploads.wait(id)
+		ch, release := m.uploads.wait(id)
+		defer release()
 		// Read again: the upload may have finished before we listened.
 		if med, err = m.store.media(ctx, m.serverName, id); err != nil {
 			return nil, err

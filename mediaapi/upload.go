@@ -161,8 +161,11 @@ func (m *MediaAPI) uploadPending(w http.ResponseWriter, r *http.Request, s *acco
 		return err
 	}
 	if !ok {
-		// A concurrent upload finished first; its file may be ours too
-		// (same content), so the file is left for the janitor of orphans.
+		// A concurrent upload finished first. Our file goes unless some
+		// media shares its content.
+		if free, err := m.store.unreferenced(r.Context(), sha); err == nil && free {
+			_ = m.files.remove(sha)
+		}
 		return cannotOverwrite()
 	}
 	m.uploads.done(id)

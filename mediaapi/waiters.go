@@ -3,33 +3,49 @@ package mediaapi
 import "sync"
 
 // uploadWaiters wakes downloads waiting for a pending upload's content.
+// Entries are counted, so that IDs whose upload never comes (they expire)
+// leave nothing behind once their waiters give up.
 type uploadWaiters struct {
-	mu    sync.Mutex
-	chans map[string]chan struct{}
+	mu      sync.Mutex
+	waiting map[string]*waiter
 }
 
-func newUploadWaiters() *uploadWaiters { return &uploadWaiters{chans: map[string]chan struct{}{}} }
+type waiter struct {
+	ch chan struct{}
+	n  int
+}
 
-// wait returns a channel closed when id's content arrives. Check the
-// database after taking it, so that an upload in between is not missed.
-func (u *uploadWaiters) wait(id string) <-chan struct{} {
+func newUploadWaiters() *uploadWaiters { return &uploadWaiters{waiting: map[string]*waiter{}} }
+
+// wait returns a channel closed when id's content arrives, and a release
+// to call when done waiting. Check the database after taking it, so that
+// an upload in between is not missed.
+func (u *uploadWaiters) wait(id string) (<-chan struct{}, func()) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	ch, ok := u.chans[id]
+	w, ok := u.waiting[id]
 	if !ok {
-		ch = make(chan struct{})
-		u.chans[id] = ch
+		w = &waiter{ch: make(chan struct{})}
+		u.waiting[id] = w
 	}
-	return ch
+	w.n++
+	return w.ch, func() {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		w.n--
+		if w.n == 0 && u.waiting[id] == w {
+			delete(u.waiting, id)
+		}
+	}
 }
 
 // done wakes everyone waiting for id.
 func (u *uploadWaiters) done(id string) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if ch, ok := u.chans[id]; ok {
-		close(ch)
-		delete(u.chans, id)
+	if w, ok := u.waiting[id]; ok {
+		close(w.ch)
+		delete(u.waiting, id)
 	}
 }
 
