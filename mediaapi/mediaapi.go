@@ -115,7 +115,7 @@ func (m *MediaAPI) janitor() {
 	t := time.NewTicker(10 * time.Minute)
 	defer t.Stop()
 	for {
-		if err := m.store.deleteExpiredPending(m.bg, storage.NowMillis()); err != nil && m.bg.Err() == nil {
+		if err := m.store.deleteExpiredPending(m.bg, m.serverName, storage.NowMillis()); err != nil && m.bg.Err() == nil {
 			m.logger.WithError(err).Warn("expire pending uploads")
 		}
 		select {

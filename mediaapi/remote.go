@@ -115,6 +115,12 @@ func remoteError(server string, resp *http.Response) error {
 
 func (m *MediaAPI) fetchFederation(ctx context.Context, server, id string, wait time.Duration) (*fetched, error) {
 	path := "/_matrix/federation/v1/media/download/" + url.PathEscape(id) + "?timeout_ms=" + strconv.FormatInt(wait.Milliseconds(), 10)
+	return m.fetchMultipart(ctx, server, path)
+}
+
+// fetchMultipart GETs a federation media endpoint (download or thumbnail)
+// and stores the content of its multipart answer.
+func (m *MediaAPI) fetchMultipart(ctx context.Context, server, path string) (*fetched, error) {
 	resp, err := m.fed.DoSigned(ctx, http.MethodGet, spec.ServerName(server), path, nil)
 	if err != nil {
 		return nil, &httputil.Error{Status: http.StatusBadGateway, Code: "M_UNKNOWN", Message: server + " cannot be reached"}

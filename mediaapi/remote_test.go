@@ -29,21 +29,40 @@ func TestRemoteDownloadBetweenFederatedServers(t *testing.T) {
 	bob := b.Register("bob", "password1234")
 	body := encodePNG(t, gradient(300, 200))
 	path := mxcPath(t, upload(t, a, alice.AccessToken, "image/png", "pic.png", body))
+	id := strings.SplitN(path, "/", 2)[1]
 
-	r := do(t, "GET", b.URL+"/_matrix/client/v1/media/download/"+path, bob.AccessToken, "", nil)
+	// A thumbnail first: b fetches a's thumbnail, not the whole file.
+	r := do(t, "GET", thumbnailURL(b, true, path, 96, 96, "crop"), bob.AccessToken, "", nil)
+	if r.Status != http.StatusOK {
+		t.Fatalf("remote thumbnail: %d %s", r.Status, r.Body)
+	}
+	if w, h, _ := decodeSize(t, r.Body); w != 96 || h != 96 {
+		t.Errorf("remote thumbnail is %dx%d", w, h)
+	}
+	var sha string
+	var thumbs int
+	db := b.Server.DB.Reader()
+	if err := db.QueryRowContext(t.Context(), "SELECT sha256 FROM mediaapi_media WHERE media_id = $1", id).Scan(&sha); err != nil || sha != "" {
+		t.Errorf("b holds the original after a thumbnail request (sha256 %q, %v)", sha, err)
+	}
+	if err := db.QueryRowContext(t.Context(), "SELECT COUNT(*) FROM mediaapi_thumbnails WHERE media_id = $1", id).Scan(&thumbs); err != nil || thumbs != 1 {
+		t.Errorf("b cached %d thumbnails (%v), want 1", thumbs, err)
+	}
+
+	r = do(t, "GET", b.URL+"/_matrix/client/v1/media/download/"+path, bob.AccessToken, "", nil)
 	if r.Status != http.StatusOK || !bytes.Equal(r.Body, body) {
 		t.Fatalf("remote download via b: %d (%d bytes)", r.Status, len(r.Body))
 	}
 	if r.Header.Get("Content-Type") != "image/png" || !strings.Contains(r.Header.Get("Content-Disposition"), "pic.png") {
 		t.Errorf("remote download headers: %v", r.Header)
 	}
-	// Thumbnails of remote media, made from b's cached copy.
-	r = do(t, "GET", thumbnailURL(b, true, path, 96, 96, "crop"), bob.AccessToken, "", nil)
+	// With the original cached, other sizes are made from it here.
+	r = do(t, "GET", thumbnailURL(b, false, path, 320, 240, "scale"), "", "", nil)
 	if r.Status != http.StatusOK {
-		t.Fatalf("remote thumbnail: %d %s", r.Status, r.Body)
+		t.Fatalf("remote thumbnail from the cached original: %d %s", r.Status, r.Body)
 	}
-	if w, h, _ := decodeSize(t, r.Body); w != 96 || h != 96 {
-		t.Errorf("remote thumbnail is %dx%d", w, h)
+	if w, h, _ := decodeSize(t, r.Body); w != 300 || h != 200 {
+		t.Errorf("scaled remote thumbnail is %dx%d, want the 300x200 original", w, h)
 	}
 	// allow_remote=false does not fetch; unknown remote media is 404.
 	other := mxcPath(t, upload(t, a, alice.AccessToken, "text/plain", "", []byte("x")))
@@ -179,6 +198,33 @@ func TestRemoteFetchFallsBackToLegacyEndpoint(t *testing.T) {
 	}
 	if origin.fedHits.Load() != 1 || origin.legacyHits.Load() != 1 {
 		t.Fatalf("hits: federation %d, legacy %d", origin.fedHits.Load(), origin.legacyHits.Load())
+	}
+}
+
+func TestRemoteThumbnailFallsBackToTheOriginal(t *testing.T) {
+	ca := testserver.NewCA(t)
+	b := testserver.NewTLS(t, ca)
+	bob := b.Register("bob", "password1234")
+	img := encodePNG(t, gradient(200, 160))
+	var thumbHits atomic.Int32
+	origin := newFakeOrigin(t, ca, func(f *fakeOrigin, w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/media/thumbnail/") {
+			thumbHits.Add(1)
+			w.WriteHeader(http.StatusNotFound)
+			io.WriteString(w, `{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}`)
+			return
+		}
+		writeMultipart(w, "image/png", img, "")
+	})
+	r := do(t, "GET", thumbnailURL(b, true, origin.name()+"/pic", 32, 32, "crop"), bob.AccessToken, "", nil)
+	if r.Status != http.StatusOK {
+		t.Fatalf("thumbnail: %d %s", r.Status, r.Body)
+	}
+	if w, h, _ := decodeSize(t, r.Body); w != 32 || h != 32 {
+		t.Fatalf("thumbnail is %dx%d", w, h)
+	}
+	if thumbHits.Load() != 1 || origin.fedHits.Load() != 1 {
+		t.Fatalf("origin hits: thumbnail %d, download %d", thumbHits.Load(), origin.fedHits.Load())
 	}
 }
 

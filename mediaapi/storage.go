@@ -140,9 +140,11 @@ func (s *store) completePending(ctx context.Context, server, id string, contentT
 	return n == 1, err
 }
 
-// deleteExpiredPending removes pending IDs whose time ran out.
-func (s *store) deleteExpiredPending(ctx context.Context, now int64) error {
-	_, err := s.db.Writer().ExecContext(ctx, `DELETE FROM mediaapi_media WHERE sha256 = '' AND expires_ts <= $1`, now)
+// deleteExpiredPending removes our pending IDs whose time ran out. (Rows
+// of other servers' media without content hold only fetched thumbnails.)
+func (s *store) deleteExpiredPending(ctx context.Context, server string, now int64) error {
+	_, err := s.db.Writer().ExecContext(ctx, `DELETE FROM mediaapi_media
+		WHERE server_name = $1 AND sha256 = '' AND expires_ts <= $2`, server, now)
 	return err
 }
 

@@ -56,7 +56,22 @@ func (m *MediaAPI) thumbnail(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	vars := httputil.Vars(r)
-	med, err := m.mediaFor(r, vars["serverName"], vars["mediaId"])
+	server, id := vars["serverName"], vars["mediaId"]
+	if err := checkMediaRef(server, id); err != nil {
+		return err
+	}
+	if server != m.serverName {
+		// Another server's media: its thumbnail from there, unless we
+		// have the original (then it is made here like ours).
+		sha, contentType, ok, err := m.remoteThumbnail(r, server, id, req)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return m.serveFile(w, r, sha, contentType, "thumbnail")
+		}
+	}
+	med, err := m.mediaFor(r, server, id)
 	if err != nil {
 		return err
 	}
