@@ -44,6 +44,7 @@ type MediaAPI struct {
 	downloadLimit *httputil.RateLimiter
 
 	uploads  *uploadWaiters
+	missing  *missingCache // remote media its server said it lacks, for a minute
 	remote   flightGroup // concurrent fetches of one remote file share one request
 	thumbs   flightGroup // concurrent generations of one thumbnail share one
 	thumbSem chan struct{}
@@ -85,6 +86,7 @@ func New(ctx context.Context, cfg *config.Config, db *storage.DB, opts ...Option
 	m := &MediaAPI{
 		cfg: cfg.Media, serverName: cfg.ServerName, db: db, store: &store{db: db}, files: files,
 		uploads:        newUploadWaiters(),
+		missing:        &missingCache{ttl: time.Minute, entries: map[string]time.Time{}},
 		thumbSem:       make(chan struct{}, 2),
 		redirectClient: newGuardedClient(blocked, 30*time.Second),
 		logger:         logrus.WithField("component", component),

@@ -38,10 +38,20 @@ func (m *MediaAPI) remoteMedia(ctx context.Context, server, id string, wait time
 	if m.fed == nil {
 		return nil, httputil.NotFound("Media of other servers is not available")
 	}
+	key := server + "/" + id
+	if m.missing.has(key) {
+		return nil, httputil.NotFound("Media not found")
+	}
 	ch := make(chan fetchResult, 1)
 	go func() {
 		// The fetch outlives any one request: others may be waiting for it.
-		v, err, _ := m.remote.do(server+"/"+id, func() (any, error) { return m.fetchRemote(server, id, wait) })
+		v, err, _ := m.remote.do(key, func() (any, error) {
+			med, err := m.fetchRemote(server, id, wait)
+			if isNotFound(err) {
+				m.missing.add(key)
+			}
+			return med, err
+		})
 		med, _ := v.(*Media)
 		ch <- fetchResult{med, err}
 	}()

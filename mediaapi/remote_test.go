@@ -228,6 +228,22 @@ func TestRemoteThumbnailFallsBackToTheOriginal(t *testing.T) {
 	}
 }
 
+func TestMissingRemoteMediaIsRememberedBriefly(t *testing.T) {
+	ca := testserver.NewCA(t)
+	b := testserver.NewTLS(t, ca)
+	bob := b.Register("bob", "password1234")
+	origin := newFakeOrigin(t, ca, func(f *fakeOrigin, w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNotFound)
+		io.WriteString(w, `{"errcode":"M_NOT_FOUND","error":"Not found"}`)
+	})
+	for range 3 {
+		b.ExpectError(404, "M_NOT_FOUND", "GET", "/_matrix/client/v1/media/download/"+origin.name()+"/gone", bob.AccessToken, nil)
+	}
+	if hits := origin.fedHits.Load() + origin.legacyHits.Load(); hits != 1 {
+		t.Fatalf("origin asked %d times, want 1", hits)
+	}
+}
+
 func TestRemoteRedirectToInternalAddressIsRefused(t *testing.T) {
 	ca := testserver.NewCA(t)
 	b := testserver.NewTLS(t, ca)

@@ -1,6 +1,9 @@
 package mediaapi
 
-import "sync"
+import (
+	"sync"
+	"time"
+)
 
 // uploadWaiters wakes downloads waiting for a pending upload's content.
 // Entries are counted, so that IDs whose upload never comes (they expire)
@@ -85,4 +88,35 @@ func (g *flightGroup) do(key string, fn func() (any, error)) (val any, err error
 	}()
 	f.val, f.err = fn()
 	return f.val, f.err, false
+}
+
+// missingCache remembers for a while which remote media its server said
+// it does not have, so that repeated requests do not ask again each time.
+type missingCache struct {
+	ttl     time.Duration
+	mu      sync.Mutex
+	entries map[string]time.Time
+}
+
+// maxMissing bounds the cache; when full it starts over.
+const maxMissing = 10000
+
+func (c *missingCache) add(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.entries) >= maxMissing {
+		c.entries = map[string]time.Time{}
+	}
+	c.entries[key] = time.Now().Add(c.ttl)
+}
+
+func (c *missingCache) has(key string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	exp, ok := c.entries[key]
+	if ok && time.Now().After(exp) {
+		delete(c.entries, key)
+		return false
+	}
+	return ok
 }
