@@ -45,8 +45,8 @@ type MediaAPI struct {
 
 	uploads  *uploadWaiters
 	missing  *missingCache // remote media its server said it lacks, for a minute
-	remote   flightGroup // concurrent fetches of one remote file share one request
-	thumbs   flightGroup // concurrent generations of one thumbnail share one
+	remote   flightGroup   // concurrent fetches of one remote file share one request
+	thumbs   flightGroup   // concurrent generations of one thumbnail share one
 	thumbSem chan struct{}
 	// redirectClient follows Location answers of other servers and fetches
 	// URL previews; it refuses to connect to internal addresses.
