@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/plexus-chat/plexus/internal/testserver"
 )
@@ -21,6 +22,9 @@ func TestAdminQuarantineAndDelete(t *testing.T) {
 		// A second ID for the same content shares its file.
 		twin := mxcPath(t, upload(t, s, alice.AccessToken, "image/png", "", body))
 		adminPath := "/_plexus/admin/v1/media/" + path
+		// Let the background thumbnails (32x32 and 96x96 crop of each)
+		// finish, so that the file check at the end sees a quiet store.
+		waitForThumbnails(t, s, 4)
 		dl := s.URL + "/_matrix/client/v1/media/download/" + path
 
 		s.ExpectError(403, "M_FORBIDDEN", "POST", adminPath+"/quarantine", alice.AccessToken, struct{}{})
@@ -59,4 +63,23 @@ func TestAdminQuarantineAndDelete(t *testing.T) {
 			t.Fatalf("files left after deleting all media: %v", files)
 		}
 	})
+}
+
+// waitForThumbnails waits until the server holds n thumbnail rows.
+func waitForThumbnails(t *testing.T, s *testserver.Server, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var got int
+		if err := s.Server.DB.Reader().QueryRowContext(t.Context(), "SELECT COUNT(*) FROM mediaapi_thumbnails").Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d thumbnails, want %d", got, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

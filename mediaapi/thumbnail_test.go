@@ -165,7 +165,7 @@ func TestThumbnailsArePregeneratedOnUpload(t *testing.T) {
 	alice := s.Register("alice", "password1234")
 	uri := upload(t, s, alice.AccessToken, "image/png", "", encodePNG(t, gradient(200, 150)))
 	_, id, _ := bytes.Cut([]byte(mxcPath(t, uri)), []byte("/"))
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var n int
 		if err := s.Server.DB.Reader().QueryRowContext(t.Context(), "SELECT COUNT(*) FROM mediaapi_thumbnails WHERE media_id = $1", string(id)).Scan(&n); err != nil {
