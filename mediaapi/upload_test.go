@@ -202,3 +202,21 @@ func TestUploadRateLimit(t *testing.T) {
 		t.Fatalf("fourth upload: %d %s", r.Status, r.Body)
 	}
 }
+
+func TestExpiredPendingUploadIsGone(t *testing.T) {
+	s := testserver.New(t, func(c *config.Config) { c.Media.MaxPendingUploads = 1 })
+	alice := s.Register("alice", "password1234")
+	path := mxcPath(t, s.MustOK("POST", "/_matrix/media/v1/create", alice.AccessToken, struct{}{}).Get("content_uri").String())
+	s.ExpectError(429, "M_LIMIT_EXCEEDED", "POST", "/_matrix/media/v1/create", alice.AccessToken, struct{}{})
+	// Let its time run out.
+	id := strings.SplitN(path, "/", 2)[1]
+	if _, err := s.Server.DB.Writer().ExecContext(t.Context(), "UPDATE mediaapi_media SET expires_ts = 1 WHERE media_id = $1", id); err != nil {
+		t.Fatal(err)
+	}
+	if r := do(t, "PUT", s.URL+"/_matrix/media/v3/upload/"+path, alice.AccessToken, "text/plain", []byte("late")); r.Status != http.StatusNotFound || r.errcode() != "M_NOT_FOUND" {
+		t.Fatalf("upload to an expired ID: %d %s", r.Status, r.Body)
+	}
+	s.ExpectError(404, "M_NOT_FOUND", "GET", "/_matrix/client/v1/media/download/"+path, alice.AccessToken, nil)
+	// An expired ID no longer counts against the cap.
+	s.MustOK("POST", "/_matrix/media/v1/create", alice.AccessToken, struct{}{})
+}
