@@ -138,7 +138,7 @@ func (m *MediaAPI) background(fn func(ctx context.Context)) {
 }
 
 // MaxUploadSize is the largest body the upload endpoints accept; the
-// server's general body cap must not cut them shorter (see UploadPaths).
+// server's general body cap must not cut them shorter (see SplitUploads).
 func (m *MediaAPI) MaxUploadSize() int64 { return m.cfg.MaxUploadSize }
 
 // IsUpload reports whether r is an upload, whose body may be as large as
