@@ -37,6 +37,7 @@ Commands:
   generate-keys    write a new signing key
   create-account   create a local account
   server-notice    send a server notice through the running server (needs an admin token)
+  media            quarantine, unquarantine or delete media: media delete mxc://server/id
   version          print the version
   complement-start run as a Complement test image (see build/complement)
 
@@ -70,6 +71,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return createAccount(args, stdout, stderr)
 	case "server-notice":
 		return serverNotice(args, stdout, stderr) // servernotice.go
+	case "media":
+		return mediaCommand(args, stdout, stderr)
 	case "complement-start":
 		return complementStart(args, stdout, stderr)
 	case "version":

@@ -41,6 +41,8 @@ type Config struct {
 	UserDirectory UserDirectory `yaml:"user_directory"`
 	// ServerNotices is the system user that sends notices to users.
 	ServerNotices ServerNotices `yaml:"server_notices"`
+	// Media is the content repository (media.go).
+	Media Media `yaml:"media"`
 
 	// DataDir is where the config was loaded for; not part of the file.
 	DataDir string `yaml:"-"`
@@ -207,6 +209,7 @@ func Default(serverName string) Config {
 		DefaultRoomVersion: "12",
 		ServerNotices: ServerNotices{SystemUserLocalpart: "server", SystemUserDisplayName: "Server Notices",
 			RoomName: "Server Notices"},
+		Media: defaultMedia(),
 	}
 }
 
@@ -388,6 +391,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Auth.AccessTokenLifetime < Duration(time.Second) {
 		return errors.New("auth.access_token_lifetime: must be at least 1s")
+	}
+	if err := c.validateMedia(); err != nil {
+		return err
 	}
 	return c.validateFederation()
 }

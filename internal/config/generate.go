@@ -136,4 +136,30 @@ user_directory:
   # Let every user find every local user. When false, the directory shows only users who
   # share a room with the searcher or are joined to a public or world-readable room.
   search_all_users: {{.UserDirectory.SearchAllUsers}}
+
+media:
+  # Folder of uploaded files, cached remote files and thumbnails.
+  storage_path: {{q .Media.StoragePath}}
+  # Largest upload accepted (and remote file fetched), in bytes.
+  max_upload_size: {{.Media.MaxUploadSize}}
+  # Largest image (width x height pixels) thumbnailed; larger ones get M_TOO_LARGE.
+  max_image_pixels: {{.Media.MaxImagePixels}}
+  # Created (POST /media/v1/create) but not yet uploaded media IDs a user may hold.
+  max_pending_uploads: {{.Media.MaxPendingUploads}}
+  # How long a created media ID waits for its content.
+  pending_upload_lifetime: {{q .Media.PendingUploadLifetime.String}}
+  # Uploads per user per minute, and the burst above it (when rate_limit.enabled).
+  uploads_per_minute: {{.Media.UploadsPerMinute}}
+  upload_burst: {{.Media.UploadBurst}}
+  # Thumbnails made on upload; requests are served from the nearest size not smaller.
+  thumbnail_sizes:{{range .Media.ThumbnailSizes}}
+    - {width: {{.Width}}, height: {{.Height}}, method: {{q .Method}}}{{else}} []{{end}}
+  url_preview:
+    # Let users ask this server to fetch web pages for link previews.
+    enabled: {{.Media.URLPreview.Enabled}}
+    # CIDR ranges never fetched from, besides loopback, private, link-local and multicast.
+    blocked_ip_ranges:{{range .Media.URLPreview.BlockedIPRanges}}
+      - {{q .}}{{else}} []{{end}}
+    # Most bytes of a page read.
+    max_page_size: {{.Media.URLPreview.MaxPageSize}}
 `))

@@ -23,6 +23,7 @@ import (
 	"github.com/plexus-chat/plexus/internal/httputil"
 	"github.com/plexus-chat/plexus/internal/signingkey"
 	"github.com/plexus-chat/plexus/keyserver"
+	"github.com/plexus-chat/plexus/mediaapi"
 	"github.com/plexus-chat/plexus/reports"
 	"github.com/plexus-chat/plexus/roomserver"
 	"github.com/plexus-chat/plexus/searchapi"
@@ -44,6 +45,7 @@ type Server struct {
 	Sender     *federationapi.Sender // outbound transactions
 	Search     *searchapi.SearchAPI  // POST /search over its own index of the room stream
 	Directory  *userdirectory.Directory
+	Media      *mediaapi.MediaAPI // content repository
 	Handler    http.Handler
 
 	// TLSListener, when set before Listen, is used for listen.tls instead
@@ -164,6 +166,16 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		Relations:        sync, // bundled aggregations on /event (syncapi/aggregations.go)
 		Reports:          reportStore,
 	})
+	// The content repository (mediaapi/): other servers' media through the
+	// federation API, ours served to them on its authenticated routes.
+	media, err := mediaapi.New(ctx, cfg, db, mediaapi.WithFederation(fed))
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	for path, h := range media.FederationRoutes() {
+		fed.Handle(path, federationapi.Handler(h), http.MethodGet)
+	}
 	bg, stop := context.WithCancel(context.Background())
 	sync.Start(bg)
 	sender.Start(bg)
@@ -171,7 +183,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	search.Start(bg)
 	directory.Start(bg)
 	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs, Sync: sync, Federation: fed,
-		Keys: keys, Sender: sender, stop: stop}
+		Keys: keys, Sender: sender, Media: media, stop: stop}
 	s.Search, s.Directory = search, directory
 	s.Handler = s.routes(client)
 	return s, nil
@@ -184,6 +196,7 @@ func (s *Server) routes(client *clientapi.API) http.Handler {
 	s.Search.Register(root, client.Authed)
 	s.Directory.Register(root, client.Authed)
 	s.Federation.Register(root)
+	s.Media.Register(root, client.Authed)
 	root.Handle("/metrics", promhttp.Handler()).Methods(http.MethodGet)
 	root.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -196,7 +209,9 @@ func (s *Server) routes(client *clientapi.API) http.Handler {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("OK"))
 	}).Methods(http.MethodGet)
-	return httputil.Middleware(root, s.Config.MaxRequestBodySize)
+	// Uploads may be larger than other requests (media.max_upload_size).
+	uploads := httputil.Middleware(root, max(s.Config.MaxRequestBodySize, s.Media.MaxUploadSize()))
+	return mediaapi.SplitUploads(httputil.Middleware(root, s.Config.MaxRequestBodySize), uploads)
 }
 
 // Listen opens the configured listeners; Serve then serves on them. They
@@ -278,6 +293,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.stop()
+	s.Media.Close()
 	s.Sender.Wait() // its queue workers use the database
 	s.Federation.Close()
 	if err := s.DB.Close(); err != nil && first == nil {
