@@ -69,6 +69,9 @@ func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, 
 			return nil, err
 		}
 	}
+	if err := s.migratePushGateway(ctx); err != nil { // pushgateway.go
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -76,6 +79,7 @@ func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, 
 func (s *SyncAPI) Start(ctx context.Context) {
 	go s.consumer.run(ctx)
 	s.startKeys(ctx) // keys.go: wakes room-mates of users whose device lists change
+	s.startPushGateway(ctx) // pushgateway.go: sends notifications to push gateways
 }
 
 // WakeUser wakes a user's long-polling syncs, for changes other components

@@ -115,4 +115,9 @@ default_room_version: {{q .DefaultRoomVersion}}
 auth:
   # Lifetime of access tokens issued together with a refresh token.
   access_token_lifetime: {{q .Auth.AccessTokenLifetime.String}}
+
+push:
+  # How long a notification that a push gateway fails to take is retried (with backoff) before it
+  # is dropped. Gateways' certificates are checked against the system's CAs and federation.ca_file.
+  retry_for: {{q .Push.RetryFor.String}}
 `))
