@@ -25,7 +25,7 @@ const (
 		ON CONFLICT (app_id, pushkey, user_id) DO UPDATE SET kind = excluded.kind, app_display_name = excluded.app_display_name,
 		device_display_name = excluded.device_display_name, profile_tag = excluded.profile_tag, lang = excluded.lang,
 		data = excluded.data, device_id = excluded.device_id`
-	sqlDeletePusher = `DELETE FROM syncapi_pushers WHERE user_id = $1 AND app_id = $2 AND pushkey = $3`
+	sqlDeletePusher        = `DELETE FROM syncapi_pushers WHERE user_id = $1 AND app_id = $2 AND pushkey = $3`
 	sqlDeleteDevicePushers = `DELETE FROM syncapi_pushers WHERE user_id = $1 AND device_id = $2`
 	sqlDeletePushersExcept = `DELETE FROM syncapi_pushers WHERE user_id = $1 AND ($2 = '' OR device_id <> $2)`
 )

@@ -32,21 +32,21 @@ const (
 
 // pushEventInfo is what a push says of an event, read once per event.
 type pushEventInfo struct {
-	json                                     string
-	evType, sender, stateKey                 string
-	isState                                  bool
-	roomName, roomAlias, senderDisplayName   string
-	content                                  json.RawMessage
+	json                                   string
+	evType, sender, stateKey               string
+	isState                                bool
+	roomName, roomAlias, senderDisplayName string
+	content                                json.RawMessage
 }
 
 // pushJob is one notification for one pusher.
 type pushJob struct {
-	pos                    int64
-	key                    pusherKey
-	eventID                string
-	deadline               time.Time
-	full, eventIDOnly      map[string]any
-	tweaks                 map[string]any
+	pos               int64
+	key               pusherKey
+	eventID           string
+	deadline          time.Time
+	full, eventIDOnly map[string]any
+	tweaks            map[string]any
 }
 
 // pusherKey names a pusher.

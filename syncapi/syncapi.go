@@ -79,7 +79,8 @@ func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, 
 func (s *SyncAPI) Start(ctx context.Context) {
 	go s.consumer.run(ctx)
 	s.startKeys(ctx) // keys.go: wakes room-mates of users whose device lists change
-	s.startPushGateway(ctx) // pushgateway.go: sends notifications to push gateways
+	// pushgateway.go: sends notifications to push gateways.
+	s.startPushGateway(ctx)
 }
 
 // WakeUser wakes a user's long-polling syncs, for changes other components

@@ -256,7 +256,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.stop()
 	s.Sender.Wait() // its queue workers use the database
-	s.Sync.Wait() // the push gateway sender uses the database
+	// The sync API's push gateway sender uses the database too.
+	s.Sync.Wait()
 	s.Federation.Close()
 	if err := s.DB.Close(); err != nil && first == nil {
 		first = err
