@@ -10,7 +10,7 @@ import (
 )
 
 // Pushers (POST /pushers/set, GET /pushers) are kept here, beside the
-// notifications they are for: a push gateway sender, when there is one,
+// notifications they are for: the push gateway sender (pushgateway.go)
 // reads both, with the unread counts a push carries. The client API
 // validates them; this file only stores them.
 

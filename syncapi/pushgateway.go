@@ -342,13 +342,8 @@ func (g *pushGateway) finish(pos int64) {
 // persist stores the position below the first unfinished notification.
 func (g *pushGateway) persist(ctx context.Context) {
 	g.mu.Lock()
-	for len(g.pending) > 0 && g.pending[0].left <= 0 {
-		g.pending = g.pending[1:]
-	}
-	mark := g.read
-	if len(g.pending) > 0 {
-		mark = g.pending[0].pos - 1
-	}
+	var mark int64
+	g.pending, mark = watermark(g.pending, g.read)
 	changed := mark > g.stored
 	g.mu.Unlock()
 	if !changed {
@@ -363,6 +358,19 @@ func (g *pushGateway) persist(ctx context.Context) {
 	g.mu.Lock()
 	g.stored = max(g.stored, mark)
 	g.mu.Unlock()
+}
+
+// watermark drops the finished positions at the front of pending and
+// returns the rest with the position everything up to which is finished:
+// just below the first unfinished one, or read when none is left.
+func watermark(pending []pendingPush, read int64) ([]pendingPush, int64) {
+	for len(pending) > 0 && pending[0].left <= 0 {
+		pending = pending[1:]
+	}
+	if len(pending) > 0 {
+		return pending, pending[0].pos - 1
+	}
+	return pending, read
 }
 
 // sleepCtx waits d or until ctx ends; false when ctx ended.
