@@ -155,6 +155,10 @@ type pushGateway struct {
 	pending  []pendingPush
 	inFlight int
 	workers  map[pusherKey]*pusherWorker
+	// badgeUsers wait for a badge update; lastBadge is the count each
+	// user's devices were last sent (pushgateway_badge.go).
+	badgeUsers map[string]struct{}
+	lastBadge  map[string]int
 }
 
 type pendingPush struct {
@@ -177,12 +181,14 @@ func newPushGateway(db *storage.DB, cfg PushGatewayConfig) *pushGateway {
 		client: &http.Client{Transport: transport,
 			// A gateway's URL is its notify endpoint; a redirect is a failure.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
-		retryFor: cfg.RetryFor,
-		log:      logrus.WithField("component", "syncapi.pushgateway"),
-		wakeCh:   make(chan struct{}, 1),
-		progress: make(chan struct{}, 1),
-		now:      time.Now,
-		workers:  map[pusherKey]*pusherWorker{},
+		retryFor:   cfg.RetryFor,
+		log:        logrus.WithField("component", "syncapi.pushgateway"),
+		wakeCh:     make(chan struct{}, 1),
+		progress:   make(chan struct{}, 1),
+		now:        time.Now,
+		workers:    map[pusherKey]*pusherWorker{},
+		badgeUsers: map[string]struct{}{},
+		lastBadge:  map[string]int{},
 	}
 }
 
@@ -223,7 +229,11 @@ func (g *pushGateway) run(ctx context.Context) {
 		n := 0
 		if g.room() {
 			var err error
-			if n, err = g.dispatchBatch(ctx); err != nil {
+			n, err = g.dispatchBatch(ctx)
+			if err == nil {
+				err = g.sendBadges(ctx)
+			}
+			if err != nil {
 				if ctx.Err() != nil {
 					return
 				}
@@ -328,7 +338,7 @@ func (g *pushGateway) queue(pos int64, jobs []*pushJob) {
 func (g *pushGateway) finish(pos int64) {
 	g.mu.Lock()
 	i := sort.Search(len(g.pending), func(i int) bool { return g.pending[i].pos >= pos })
-	if i < len(g.pending) && g.pending[i].pos == pos {
+	if pos != badgePos && i < len(g.pending) && g.pending[i].pos == pos {
 		g.pending[i].left--
 	}
 	g.inFlight--

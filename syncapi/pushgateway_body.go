@@ -66,20 +66,8 @@ func (g *pushGateway) prepare(ctx context.Context, n pushNotification, events ma
 	var keys []pusherKey
 	var badge int
 	err := g.db.ReadTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, sqlHTTPPushers, n.userID)
-		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			k := pusherKey{userID: n.userID}
-			if err := rows.Scan(&k.appID, &k.pushKey); err != nil {
-				rows.Close()
-				return err
-			}
-			keys = append(keys, k)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil || len(keys) == 0 {
+		var err error
+		if keys, err = httpPushers(ctx, tx, n.userID); err != nil || len(keys) == 0 {
 			return err
 		}
 		marks, err := readPositions(ctx, tx, n.userID)
@@ -106,6 +94,7 @@ func (g *pushGateway) prepare(ctx context.Context, n pushNotification, events ma
 	if ev == nil || ev.sender == n.userID {
 		return nil, nil
 	}
+	g.rememberBadge(n.userID, badge)
 	tweaks := tweaksOf(actions)
 	counts := map[string]any{}
 	if badge > 0 {
@@ -137,6 +126,24 @@ func (g *pushGateway) prepare(ctx context.Context, n pushNotification, events ma
 			full: full, eventIDOnly: idOnly, tweaks: tweaks})
 	}
 	return jobs, nil
+}
+
+// httpPushers lists the user's http pushers.
+func httpPushers(ctx context.Context, tx *sql.Tx, userID string) ([]pusherKey, error) {
+	rows, err := tx.QueryContext(ctx, sqlHTTPPushers, userID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var keys []pusherKey
+	for rows.Next() {
+		k := pusherKey{userID: userID}
+		if err := rows.Scan(&k.appID, &k.pushKey); err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	return keys, rows.Err()
 }
 
 // eventInfo reads an event and the room's name, alias and the sender's

@@ -152,8 +152,14 @@ func TestPushGatewayDelivers(t *testing.T) {
 			t.Fatalf("second push %s, want %s with 2 unread and no highlight", n.Raw, plain)
 		}
 
-		// After bob reads up to it, the count starts again from there.
+		// When bob reads up to it, his devices get a badge update with
+		// counts alone, and the count starts again from there.
 		s.MustOK("POST", roomPath(roomID, "/receipt/m.read/"+url.PathEscape(plain)), bob.AccessToken, map[string]any{})
+		n = gw.next(t, 10*time.Second)
+		if n.Get("event_id").Exists() || n.Get("type").Exists() || !n.Get("counts.unread").Exists() ||
+			n.Get("counts.unread").Int() != 0 || n.Get("devices.0.pushkey").String() != "bobs-key" {
+			t.Fatalf("badge update %s, want counts.unread 0 alone", n.Raw)
+		}
 		third := pushText(t, s, alice, roomID, "again", nil)
 		n = gw.next(t, 10*time.Second)
 		if n.Get("event_id").String() != third || n.Get("counts.unread").Int() != 1 {
