@@ -118,7 +118,13 @@ func (g *pushGateway) prepare(ctx context.Context, n pushNotification, events ma
 	}
 	if ev.evType == spec.MRoomMember && ev.isState {
 		full["user_is_target"] = ev.stateKey == n.userID
+		// Not in the spec's body, but sent by Synapse and read by
+		// gateways and SyTest: the membership, at the top level.
+		full["membership"] = gjson.Get(ev.json, "content.membership").String()
 	}
+	// "id" is the event ID under its name before r0 of the API; Synapse
+	// still sends it and SyTest requires it.
+	full["id"] = n.eventID
 	idOnly := map[string]any{"event_id": n.eventID, "room_id": n.roomID, "counts": counts, "prio": full["prio"]}
 	jobs := make([]*pushJob, 0, len(keys))
 	for _, k := range keys {
@@ -177,8 +183,28 @@ func (g *pushGateway) eventInfo(ctx context.Context, roomID, eventID string) (*p
 		if ev.roomAlias, err = state(spec.MRoomCanonicalAlias, "", "content.alias"); err != nil {
 			return err
 		}
-		ev.senderDisplayName, err = state(spec.MRoomMember, ev.sender, "content.displayname")
-		return err
+		if ev.senderDisplayName, err = state(spec.MRoomMember, ev.sender, "content.displayname"); err != nil {
+			return err
+		}
+		// An invite from another server into a room this server is not in
+		// carries the room's state for the invitee.
+		e.Get("unsigned.invite_room_state").ForEach(func(_, st gjson.Result) bool {
+			switch t, sk := st.Get("type").String(), st.Get("state_key").String(); {
+			case t == spec.MRoomName && ev.roomName == "":
+				ev.roomName = st.Get("content.name").String()
+			case t == spec.MRoomCanonicalAlias && ev.roomAlias == "":
+				ev.roomAlias = st.Get("content.alias").String()
+			case t == spec.MRoomMember && sk == ev.sender && ev.senderDisplayName == "":
+				ev.senderDisplayName = st.Get("content.displayname").String()
+			}
+			return true
+		})
+		// The name shown is the room's display name as far as the name
+		// and alias go (SyTest expects the alias when there is no name).
+		if ev.roomName == "" {
+			ev.roomName = ev.roomAlias
+		}
+		return nil
 	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil

@@ -132,6 +132,9 @@ func TestPushGatewayDelivers(t *testing.T) {
 				t.Errorf("%s = %q, want %q in %s", path, got, want, n.Raw)
 			}
 		}
+		if n.Get("id").String() != mention || n.Get("user_is_target").Exists() {
+			t.Errorf("id or user_is_target wrong: %s", n.Raw)
+		}
 		if n.Get("counts.unread").Int() != 1 || !n.Get("devices.0.tweaks.highlight").Bool() || n.Get("devices.0.data.url").Exists() {
 			t.Errorf("counts, highlight or data wrong: %s", n.Raw)
 		}
@@ -371,4 +374,25 @@ func TestPushGatewayTLS(t *testing.T) {
 	if n := gw.next(t, 10*time.Second); n.Get("event_id").String() != ev {
 		t.Fatalf("push %s", n.Raw)
 	}
+}
+
+// An invite is pushed to the invitee, who is its target; a room without a
+// name is named by its canonical alias.
+func TestPushGatewayInvite(t *testing.T) {
+	testserver.ForEachDatabase(t, func(t *testing.T, s *testserver.Server) {
+		gw := newFakeGateway(t)
+		alice := s.Register("alice", "pw")
+		bob := s.Register("bob", "pw")
+		setPusher(t, s, bob, "org.example.app", "k", map[string]any{"url": gw.notifyURL()})
+		roomID := s.MustOK("POST", "/_matrix/client/v3/createRoom", alice.AccessToken,
+			map[string]any{"preset": "private_chat", "room_alias_name": "hideout"}).Get("room_id").String()
+		s.MustOK("POST", roomPath(roomID, "/invite"), alice.AccessToken, map[string]any{"user_id": bob.UserID})
+		n := gw.next(t, 10*time.Second)
+		if n.Get("type").String() != "m.room.member" || n.Get("membership").String() != "invite" ||
+			!n.Get("user_is_target").Bool() || n.Get("room_id").String() != roomID || n.Get("sender").String() != alice.UserID ||
+			n.Get("content.membership").String() != "invite" || n.Get("prio").String() != "high" ||
+			n.Get("room_name").String() != "#hideout:"+s.ServerName() || n.Get("room_alias").String() != "#hideout:"+s.ServerName() {
+			t.Fatalf("invite push %s", n.Raw)
+		}
+	})
 }
