@@ -31,8 +31,10 @@ type fakeGateway struct {
 	down     atomic.Bool
 	reject   atomic.Bool
 	requests atomic.Int32
-	mu       sync.Mutex
-	events   map[string]int // successful deliveries per event ID
+	// hang, when set, holds every request until it is closed.
+	hang   chan struct{}
+	mu     sync.Mutex
+	events map[string]int // successful deliveries per event ID
 }
 
 func newFakeGateway(t *testing.T) *fakeGateway {
@@ -49,6 +51,14 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body, _ := io.ReadAll(r.Body)
+	if g.hang != nil {
+		select {
+		case <-g.hang:
+		case <-r.Context().Done():
+		}
+		http.Error(w, "too late", http.StatusServiceUnavailable)
+		return
+	}
 	if g.down.Load() {
 		http.Error(w, "down", http.StatusServiceUnavailable)
 		return
@@ -304,8 +314,11 @@ func TestPushGatewayResumesAfterRestart(t *testing.T) {
 
 func TestPushGatewayOtherPushersNotHeldUp(t *testing.T) {
 	s := testserver.New(t)
+	// bob's gateway takes requests and never answers (each waits out the
+	// 10 s request timeout); carol's pushes go on meanwhile.
 	dead := newFakeGateway(t)
-	dead.down.Store(true)
+	dead.hang = make(chan struct{})
+	t.Cleanup(func() { close(dead.hang) })
 	live := newFakeGateway(t)
 	alice := s.Register("alice", "pw")
 	bob := s.Register("bob", "pw")
@@ -318,6 +331,9 @@ func TestPushGatewayOtherPushersNotHeldUp(t *testing.T) {
 		if n := live.next(t, 5*time.Second); n.Get("event_id").String() != ev {
 			t.Fatalf("carol's push %s, want %s", n.Raw, ev)
 		}
+	}
+	if dead.requests.Load() == 0 {
+		t.Fatal("bob's gateway was never asked")
 	}
 }
 
