@@ -44,6 +44,7 @@ type pushJob struct {
 	pos               int64
 	key               pusherKey
 	eventID           string
+	roomID, threadID  string
 	deadline          time.Time
 	full, eventIDOnly map[string]any
 	tweaks            map[string]any
@@ -128,10 +129,21 @@ func (g *pushGateway) prepare(ctx context.Context, n pushNotification, events ma
 	idOnly := map[string]any{"event_id": n.eventID, "room_id": n.roomID, "counts": counts, "prio": full["prio"]}
 	jobs := make([]*pushJob, 0, len(keys))
 	for _, k := range keys {
-		jobs = append(jobs, &pushJob{pos: n.pos, key: k, eventID: n.eventID, deadline: deadline,
+		jobs = append(jobs, &pushJob{pos: n.pos, key: k, eventID: n.eventID, roomID: n.roomID, threadID: n.threadID, deadline: deadline,
 			full: full, eventIDOnly: idOnly, tweaks: tweaks})
 	}
 	return jobs, nil
+}
+
+// readAlready says whether the user has read past a notification.
+func (g *pushGateway) readAlready(ctx context.Context, userID, roomID, threadID string, pos int64) (bool, error) {
+	var read bool
+	err := g.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		marks, err := readPositions(ctx, tx, userID)
+		read = err == nil && marks[roomID].mark(threadID) >= pos
+		return err
+	})
+	return read, err
 }
 
 // httpPushers lists the user's http pushers.

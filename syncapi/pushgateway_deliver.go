@@ -121,6 +121,13 @@ func (g *pushGateway) deliver(ctx context.Context, job *pushJob) (gone bool) {
 			return false
 		}
 		backoff = min(backoff*2, pushMaxBackoff)
+		// Read meanwhile (on another device): no longer worth a push.
+		if job.pos != badgePos {
+			if read, err := g.readAlready(ctx, job.key.userID, job.roomID, job.threadID, job.pos); err == nil && read {
+				log.Info("push notification read before the gateway took it; dropped")
+				return false
+			}
+		}
 	}
 }
 

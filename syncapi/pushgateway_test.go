@@ -412,3 +412,33 @@ func TestPushGatewayInvite(t *testing.T) {
 		}
 	})
 }
+
+// A notification the user reads while their gateway is failing is not
+// pushed when the gateway comes back; the badge update is.
+func TestPushGatewayReadWhileFailing(t *testing.T) {
+	testserver.ForEachDatabase(t, func(t *testing.T, s *testserver.Server) {
+		gw := newFakeGateway(t)
+		gw.down.Store(true)
+		alice := s.Register("alice", "pw")
+		bob := s.Register("bob", "pw")
+		setPusher(t, s, bob, "org.example.app", "k", map[string]any{"url": gw.notifyURL()})
+		roomID := pushRoom(t, s, alice, bob)
+		ev := pushText(t, s, alice, roomID, "read elsewhere", nil)
+		deadline := time.Now().Add(10 * time.Second)
+		for gw.requests.Load() == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the gateway was never tried")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		s.MustOK("POST", roomPath(roomID, "/receipt/m.read/"+url.PathEscape(ev)), bob.AccessToken, map[string]any{})
+		gw.down.Store(false)
+		n := gw.next(t, 10*time.Second)
+		if n.Get("event_id").Exists() || n.Get("counts.unread").Int() != 0 || !n.Get("counts.unread").Exists() {
+			t.Fatalf("push %s, want only the badge update", n.Raw)
+		}
+		if gw.deliveries(ev) != 0 {
+			t.Fatal("the read notification was pushed")
+		}
+	})
+}
