@@ -223,6 +223,9 @@ func (a *API) uploadSignatures(w http.ResponseWriter, r *http.Request, s *accoun
 // their keys go and the users sharing rooms learn of it. Called by every
 // endpoint that deletes devices (devices.go, account.go, login.go).
 func (a *API) dropDeviceKeys(ctx context.Context, localpart string, deviceIDs []string) error {
+	if err := a.dropDevicePushers(ctx, localpart, deviceIDs); err != nil { // pushers_devices.go
+		return err
+	}
 	if d := a.keyDeps(); d != nil {
 		return d.keys.DeleteDeviceKeys(ctx, a.userID(localpart), deviceIDs)
 	}
@@ -231,6 +234,9 @@ func (a *API) dropDeviceKeys(ctx context.Context, localpart string, deviceIDs []
 
 // dropAllDeviceKeys is dropDeviceKeys for every device but exceptDeviceID.
 func (a *API) dropAllDeviceKeys(ctx context.Context, localpart, exceptDeviceID string) error {
+	if err := a.dropAllDevicePushers(ctx, localpart, exceptDeviceID); err != nil { // pushers_devices.go
+		return err
+	}
 	if d := a.keyDeps(); d != nil {
 		return d.keys.DeleteAllDeviceKeys(ctx, a.userID(localpart), exceptDeviceID)
 	}

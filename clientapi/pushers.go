@@ -16,7 +16,8 @@ import (
 )
 
 // Pushers (GET /pushers, POST /pushers/set) are validated here and kept
-// by the sync API (PushStore). Nothing is sent to push gateways yet.
+// by the sync API (PushStore), which sends notifications to http pushers'
+// gateways (syncapi/pushgateway.go).
 
 // Limits on pusher fields beyond the spec's own (pushrules.MaxPushKeyLength,
 // pushrules.MaxAppIDLength).

@@ -37,6 +37,10 @@ type PushStore interface {
 	// SetPusher fails with pushrules.ErrTooManyPushers.
 	SetPusher(ctx context.Context, p pushrules.Pusher, appendPusher bool) error
 	DeletePusher(ctx context.Context, userID, appID, pushKey string) error
+	// DeleteDevicePushers and DeletePushersExcept remove the pushers of
+	// deleted devices (pushers_devices.go).
+	DeleteDevicePushers(ctx context.Context, userID string, deviceIDs []string) error
+	DeletePushersExcept(ctx context.Context, userID, exceptDeviceID string) error
 }
 
 // pushStore is the sync API's push side, nil without it.

@@ -103,6 +103,7 @@ func (c *consumer) step(ctx context.Context) (int, error) {
 	for u := range woken {
 		c.notifier.wake(u)
 	}
+	c.wakePushGateway() // pushgateway.go: the batch may have recorded notifications
 	return len(batch), nil
 }
 

@@ -33,8 +33,7 @@ import (
 // the room's facts (member count, power levels, display names) only when
 // a condition asks for them, once per event.
 //
-// Delivering notifications to push gateways is not done yet: pushers are
-// stored and listed (pushers.go) for a sender to come.
+// Notifications go to the users' push gateways through pushgateway.go.
 
 // WithPush turns push rule evaluation on: notifications are recorded, and
 // /sync's account data carries m.push_rules from a user's first sync.
@@ -82,6 +81,8 @@ type pushEvaluator struct {
 	// gens count each user's invalidations, so that rules loaded before
 	// a change are not cached after it.
 	gens map[string]uint64
+	// gateway sends notifications to push gateways (pushgateway.go); nil without WithPushGateway.
+	gateway *pushGateway
 }
 
 func (p *pushEvaluator) invalidate(userID string) {

@@ -10,7 +10,7 @@ import (
 )
 
 // Pushers (POST /pushers/set, GET /pushers) are kept here, beside the
-// notifications they are for: a push gateway sender, when there is one,
+// notifications they are for: the push gateway sender (pushgateway.go)
 // reads both, with the unread counts a push carries. The client API
 // validates them; this file only stores them.
 
@@ -25,7 +25,9 @@ const (
 		ON CONFLICT (app_id, pushkey, user_id) DO UPDATE SET kind = excluded.kind, app_display_name = excluded.app_display_name,
 		device_display_name = excluded.device_display_name, profile_tag = excluded.profile_tag, lang = excluded.lang,
 		data = excluded.data, device_id = excluded.device_id`
-	sqlDeletePusher = `DELETE FROM syncapi_pushers WHERE user_id = $1 AND app_id = $2 AND pushkey = $3`
+	sqlDeletePusher        = `DELETE FROM syncapi_pushers WHERE user_id = $1 AND app_id = $2 AND pushkey = $3`
+	sqlDeleteDevicePushers = `DELETE FROM syncapi_pushers WHERE user_id = $1 AND device_id = $2`
+	sqlDeletePushersExcept = `DELETE FROM syncapi_pushers WHERE user_id = $1 AND ($2 = '' OR device_id <> $2)`
 )
 
 // Pushers lists a user's pushers, oldest first.
@@ -76,5 +78,25 @@ func (s *SyncAPI) SetPusher(ctx context.Context, p pushrules.Pusher, appendPushe
 // that does not exist is no error.
 func (s *SyncAPI) DeletePusher(ctx context.Context, userID, appID, pushKey string) error {
 	_, err := s.db.Writer().ExecContext(ctx, sqlDeletePusher, userID, appID, pushKey)
+	return err
+}
+
+// DeleteDevicePushers removes the pushers the devices set: a device that
+// is logged out or deleted gets no more pushes.
+func (s *SyncAPI) DeleteDevicePushers(ctx context.Context, userID string, deviceIDs []string) error {
+	return s.db.WithTx(ctx, func(tx *sql.Tx) error {
+		for _, id := range deviceIDs {
+			if _, err := tx.ExecContext(ctx, sqlDeleteDevicePushers, userID, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// DeletePushersExcept removes the pushers of every device of the user but
+// exceptDeviceID ("" for all of them).
+func (s *SyncAPI) DeletePushersExcept(ctx context.Context, userID, exceptDeviceID string) error {
+	_, err := s.db.Writer().ExecContext(ctx, sqlDeletePushersExcept, userID, exceptDeviceID)
 	return err
 }

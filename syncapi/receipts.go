@@ -220,6 +220,8 @@ func (s *SyncAPI) putReceipt(ctx context.Context, roomID, userID, receiptType, t
 		return err
 	}
 	s.federateReceipt(ctx, roomID, userID, receiptType, threadID, eventID) // public ones to other servers (federation_edus.go)
+	// The user's badge on their devices may drop (pushgateway_badge.go).
+	s.receiptMoved(userID, receiptType)
 	if receiptType == receiptReadPrivate {
 		s.notifier.wake(userID)
 		return nil

@@ -72,6 +72,9 @@ func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, 
 			return nil, err
 		}
 	}
+	if err := s.migratePushGateway(ctx); err != nil { // pushgateway.go
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -79,6 +82,8 @@ func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, 
 func (s *SyncAPI) Start(ctx context.Context) {
 	go s.consumer.run(ctx)
 	s.startKeys(ctx) // keys.go: wakes room-mates of users whose device lists change
+	// pushgateway.go: sends notifications to push gateways.
+	s.startPushGateway(ctx)
 }
 
 // WakeUser wakes a user's long-polling syncs, for changes other components

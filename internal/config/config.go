@@ -35,6 +35,7 @@ type Config struct {
 	WellKnown          WellKnown    `yaml:"well_known"`
 	Federation         Federation   `yaml:"federation"`
 	Auth               Auth         `yaml:"auth"`
+	Push               Push         `yaml:"push"`
 	// DefaultRoomVersion is the version of rooms created without one.
 	DefaultRoomVersion string `yaml:"default_room_version"`
 	// UserDirectory configures POST /user_directory/search.
@@ -134,6 +135,14 @@ type OldSigningKey struct {
 	ExpiredTS int64 `yaml:"expired_ts"`
 }
 
+// Push configures delivery of notifications to push gateways (outbound
+// TLS trusts federation.ca_file too).
+type Push struct {
+	// RetryFor is how long a notification a gateway fails to take is
+	// retried, with exponential backoff, before it is given up.
+	RetryFor Duration `yaml:"retry_for"`
+}
+
 // Auth configures tokens.
 type Auth struct {
 	// AccessTokenLifetime applies to access tokens issued with a refresh
@@ -205,6 +214,7 @@ func Default(serverName string) Config {
 			KeyValidity:       Duration(7 * 24 * time.Hour),
 		},
 		Auth: Auth{AccessTokenLifetime: Duration(5 * time.Minute)},
+		Push: Push{RetryFor: Duration(time.Hour)},
 		// The spec's recommended version.
 		DefaultRoomVersion: "12",
 		ServerNotices: ServerNotices{SystemUserLocalpart: "server", SystemUserDisplayName: "Server Notices",
@@ -394,6 +404,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.validateMedia(); err != nil {
 		return err
+	}
+	if c.Push.RetryFor < Duration(time.Second) {
+		return errors.New("push.retry_for: must be at least 1s")
 	}
 	return c.validateFederation()
 }

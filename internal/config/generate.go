@@ -162,4 +162,9 @@ media:
       - {{q .}}{{else}} []{{end}}
     # Most bytes of a page read.
     max_page_size: {{.Media.URLPreview.MaxPageSize}}
+
+push:
+  # How long a notification that a push gateway fails to take is retried (with backoff) before it
+  # is dropped. Gateways' certificates are checked against the system's CAs and federation.ca_file.
+  retry_for: {{q .Push.RetryFor.String}}
 `))

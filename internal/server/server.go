@@ -114,13 +114,21 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
+	// Push gateways are reached over the same trusted CAs as federation.
+	pushTLS, err := cfg.OutboundTLS()
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
 	sync, err := syncapi.New(ctx, db, cfg.ServerName, rs, accts,
 		syncapi.WithEDUSender(sender), syncapi.WithKeyServer(keys),
 		// Backfill on /messages from other servers (syncapi/backfill.go).
 		syncapi.WithBackfill(syncapi.BackfillConfig{ServerName: fed.ServerName(), Rooms: rs, Federation: fed.Client(), KeyRing: fed.KeyRing()}),
 		// Push rules drive unread counts and /notifications
 		// (syncapi/push.go); the client API reaches them as Deps.Push.
-		syncapi.WithPush())
+		syncapi.WithPush(),
+		// Notifications to the users' push gateways (syncapi/pushgateway.go).
+		syncapi.WithPushGateway(syncapi.PushGatewayConfig{TLS: pushTLS, RetryFor: time.Duration(cfg.Push.RetryFor)}))
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -295,6 +303,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.stop()
 	s.Media.Close()
 	s.Sender.Wait() // its queue workers use the database
+	// The sync API's push gateway sender uses the database too.
+	s.Sync.Wait()
 	s.Federation.Close()
 	if err := s.DB.Close(); err != nil && first == nil {
 		first = err
