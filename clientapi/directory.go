@@ -466,11 +466,7 @@ func (a *API) publicRooms(w http.ResponseWriter, r *http.Request, req *publicRoo
 			start, end = max(0, pos-limit), pos
 		}
 	}
-	chunk := make([]publicRoomChunk, 0, end-start)
-	for _, room := range rooms[start:end] {
-		chunk = append(chunk, newPublicRoomChunk(room))
-	}
-	resp["chunk"] = chunk
+	resp["chunk"] = rooms[start:end] // rsapi.PublicRoom marshals as a chunk entry
 	resp["total_room_count_estimate"] = len(rooms)
 	if end < len(rooms) {
 		resp["next_batch"] = directoryToken{forward: true, joined: rooms[end].NumJoinedMembers, roomID: rooms[end].RoomID}.String()
@@ -484,28 +480,6 @@ func (a *API) publicRooms(w http.ResponseWriter, r *http.Request, req *publicRoo
 	}
 	httputil.WriteJSON(w, http.StatusOK, resp)
 	return nil
-}
-
-// publicRoomChunk is one room of /publicRooms.
-type publicRoomChunk struct {
-	RoomID           string `json:"room_id"`
-	Name             string `json:"name,omitempty"`
-	Topic            string `json:"topic,omitempty"`
-	CanonicalAlias   string `json:"canonical_alias,omitempty"`
-	AvatarURL        string `json:"avatar_url,omitempty"`
-	JoinRule         string `json:"join_rule,omitempty"`
-	RoomType         string `json:"room_type,omitempty"`
-	NumJoinedMembers int    `json:"num_joined_members"`
-	WorldReadable    bool   `json:"world_readable"`
-	GuestCanJoin     bool   `json:"guest_can_join"`
-}
-
-func newPublicRoomChunk(p rsapi.PublicRoom) publicRoomChunk {
-	return publicRoomChunk{
-		RoomID: p.RoomID, Name: p.Name, Topic: p.Topic, CanonicalAlias: p.CanonicalAlias,
-		AvatarURL: p.AvatarURL, JoinRule: p.JoinRule, RoomType: p.RoomType,
-		NumJoinedMembers: p.NumJoinedMembers, WorldReadable: p.WorldReadable, GuestCanJoin: p.GuestCanJoin,
-	}
 }
 
 // directoryToken is a pagination token of /publicRooms: a place in the

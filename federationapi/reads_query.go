@@ -180,20 +180,6 @@ func (h *readsAPI) publicRoomsPOST(w http.ResponseWriter, r *http.Request, fr *f
 	return h.publicRooms(w, r, &req)
 }
 
-// readsPublicRoom is one room of /publicRooms, in the client API's shape.
-type readsPublicRoom struct {
-	RoomID           string `json:"room_id"`
-	Name             string `json:"name,omitempty"`
-	Topic            string `json:"topic,omitempty"`
-	CanonicalAlias   string `json:"canonical_alias,omitempty"`
-	AvatarURL        string `json:"avatar_url,omitempty"`
-	JoinRule         string `json:"join_rule,omitempty"`
-	RoomType         string `json:"room_type,omitempty"`
-	NumJoinedMembers int    `json:"num_joined_members"`
-	WorldReadable    bool   `json:"world_readable"`
-	GuestCanJoin     bool   `json:"guest_can_join"`
-}
-
 // publicRooms answers /publicRooms with our published rooms, most joined
 // members first. A page token names a room's place in that order (its
 // member count and ID) and the direction, so rooms entering or leaving
@@ -218,7 +204,7 @@ func (h *readsAPI) publicRooms(w http.ResponseWriter, r *http.Request, req *read
 		}
 		since = &t
 	}
-	resp := map[string]any{"chunk": []readsPublicRoom{}, "total_room_count_estimate": 0}
+	resp := map[string]any{"chunk": []rsapi.PublicRoom{}, "total_room_count_estimate": 0}
 	// No application services, hence no third-party networks.
 	if req.ThirdPartyInstanceID != "" {
 		httputil.WriteJSON(w, http.StatusOK, resp)
@@ -245,15 +231,7 @@ func (h *readsAPI) publicRooms(w http.ResponseWriter, r *http.Request, req *read
 			start, end = max(0, pos-limit), pos
 		}
 	}
-	chunk := make([]readsPublicRoom, 0, end-start)
-	for _, p := range rooms[start:end] {
-		chunk = append(chunk, readsPublicRoom{
-			RoomID: p.RoomID, Name: p.Name, Topic: p.Topic, CanonicalAlias: p.CanonicalAlias,
-			AvatarURL: p.AvatarURL, JoinRule: p.JoinRule, RoomType: p.RoomType,
-			NumJoinedMembers: p.NumJoinedMembers, WorldReadable: p.WorldReadable, GuestCanJoin: p.GuestCanJoin,
-		})
-	}
-	resp["chunk"] = chunk
+	resp["chunk"] = rooms[start:end] // rsapi.PublicRoom marshals as a chunk entry
 	resp["total_room_count_estimate"] = len(rooms)
 	if end < len(rooms) {
 		resp["next_batch"] = readsDirectoryToken{forward: true, joined: rooms[end].NumJoinedMembers, roomID: rooms[end].RoomID}.String()

@@ -47,11 +47,7 @@ func (r *Roomserver) RoomSummary(ctx context.Context, roomID string) (*api.RoomS
 		return nil, err
 	}
 	pr := summarise(roomID, joined, evs)
-	s := &api.RoomSummary{
-		RoomID: roomID, Name: pr.Name, Topic: pr.Topic, CanonicalAlias: pr.CanonicalAlias, AvatarURL: pr.AvatarURL,
-		JoinRule: pr.JoinRule, RoomType: pr.RoomType, NumJoinedMembers: joined, WorldReadable: pr.WorldReadable,
-		GuestCanJoin: pr.GuestCanJoin, RoomVersion: string(rm.version),
-	}
+	s := &api.RoomSummary{PublicRoom: pr, RoomVersion: string(rm.version)}
 	for _, ev := range evs {
 		c := gjson.ParseBytes(ev.Content())
 		switch ev.Type() {

@@ -194,16 +194,16 @@ type RoomserverAPI interface {
 
 // PublicRoom is a room as the published room directory shows it.
 type PublicRoom struct {
-	RoomID           string
-	Name             string
-	Topic            string // plain text; "" when none
-	CanonicalAlias   string
-	AvatarURL        string
-	JoinRule         string // "" when the room has no join rules event
-	RoomType         string // the create event's type, "" when none
-	NumJoinedMembers int
-	WorldReadable    bool
-	GuestCanJoin     bool
+	RoomID           string `json:"room_id"`
+	Name             string `json:"name,omitempty"`
+	Topic            string `json:"topic,omitempty"` // plain text; "" when none
+	CanonicalAlias   string `json:"canonical_alias,omitempty"`
+	AvatarURL        string `json:"avatar_url,omitempty"`
+	JoinRule         string `json:"join_rule,omitempty"` // "" when the room has no join rules event
+	RoomType         string `json:"room_type,omitempty"` // the create event's type, "" when none
+	NumJoinedMembers int    `json:"num_joined_members"`
+	WorldReadable    bool   `json:"world_readable"`
+	GuestCanJoin     bool   `json:"guest_can_join"`
 }
 
 // PublicRoomsFilter narrows the published room directory.

@@ -20,19 +20,11 @@ import (
 // marshals to that object; ChildrenState is kept apart because only some
 // answers carry it.
 type RoomSummary struct {
-	RoomID           string   `json:"room_id"`
-	Name             string   `json:"name,omitempty"`
-	Topic            string   `json:"topic,omitempty"`
-	CanonicalAlias   string   `json:"canonical_alias,omitempty"`
-	AvatarURL        string   `json:"avatar_url,omitempty"`
-	JoinRule         string   `json:"join_rule,omitempty"`
-	RoomType         string   `json:"room_type,omitempty"`
-	NumJoinedMembers int      `json:"num_joined_members"`
-	WorldReadable    bool     `json:"world_readable"`
-	GuestCanJoin     bool     `json:"guest_can_join"`
-	RoomVersion      string   `json:"room_version,omitempty"`
-	Encryption       string   `json:"encryption,omitempty"`
-	AllowedRoomIDs   []string `json:"allowed_room_ids,omitempty"`
+	// PublicRoom is the public rooms chunk the summary extends.
+	PublicRoom
+	RoomVersion    string   `json:"room_version,omitempty"`
+	Encryption     string   `json:"encryption,omitempty"`
+	AllowedRoomIDs []string `json:"allowed_room_ids,omitempty"`
 
 	// ChildrenState are the room's valid m.space.child events (ValidChild).
 	ChildrenState []SpaceChild `json:"-"`
