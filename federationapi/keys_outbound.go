@@ -46,6 +46,8 @@ type DeviceListSource interface {
 	// QueryKeys with requester "" gives the cross-signing keys other
 	// servers may see.
 	QueryKeys(ctx context.Context, requester string, deviceKeys map[string][]string) (*keyserver.QueryResponse, error)
+	// UserDevices is a local user's list, announced on joins (keys_join.go).
+	UserDevices(ctx context.Context, userID string) (*keyserver.UserDevices, error)
 }
 
 // DeviceListSender sends our users' device list changes to other servers.
@@ -70,7 +72,9 @@ func NewDeviceListSender(ctx context.Context, s *Sender, keys DeviceListSource) 
 			return nil, err
 		}
 	}
-	return &DeviceListSender{s: s, keys: keys, pos: pos, log: logrus.WithField("component", "federationapi.devicelists")}, nil
+	d := &DeviceListSender{s: s, keys: keys, pos: pos, log: logrus.WithField("component", "federationapi.devicelists")}
+	s.localJoin = d.announceJoin // before the sender starts
+	return d, nil
 }
 
 // Start follows the device list stream until ctx ends; the sender's Wait

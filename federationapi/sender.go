@@ -66,6 +66,10 @@ type Sender struct {
 	ctx    context.Context // set by Start; workers run under it
 	queues map[spec.ServerName]*destQueue
 	wg     sync.WaitGroup
+
+	// localJoin, when set, announces a local user's device list to the
+	// servers of a room they joined (keys_join.go).
+	localJoin func(ctx context.Context, out rsapi.OutputEvent, dests []spec.ServerName) error
 }
 
 // txnClient is the part of fclient.FederationClient the sender uses.
@@ -198,6 +202,14 @@ func (s *Sender) step(ctx context.Context) (int, error) {
 		}
 		if err := s.store.queuePDUs(ctx, queued, senderConsumer, out.Position); err != nil {
 			return 0, err
+		}
+		// After the join itself, so that it reaches the servers first;
+		// lost if we stop in between, then they fetch the list when
+		// first asked.
+		if s.localJoin != nil {
+			if err := s.localJoin(ctx, out, dests); err != nil {
+				s.log.WithError(err).WithField("event_id", out.Event.EventID()).Warn("cannot announce a joining user's device list")
+			}
 		}
 		s.pos, stored = out.Position, out.Position
 		for _, d := range dests {
