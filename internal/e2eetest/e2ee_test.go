@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/plexus-chat/plexus/internal/config"
 	"github.com/plexus-chat/plexus/internal/testserver"
@@ -82,10 +83,19 @@ func encryptedConversation(t *testing.T, sa, sb *testserver.Server) {
 	a1.changed = map[string]bool{}
 	bob2 := sb.Login("bob", password)
 	b2 := newDevice(t, sb, bob2)
-	a1.syncUntil("bob in device_lists.changed", func() bool { return a1.changed[bob.UserID] })
-	a1.query(bob.UserID)
-	if got, want := a1.deviceIDs(bob.UserID), sorted(bob.DeviceID, bob2.DeviceID); !slices.Equal(got, want) {
-		t.Fatalf("after the change alice sees bob's devices %v, want %v", got, want)
+	// As a client does: each time bob is in device_lists.changed, query
+	// his devices again. An earlier change (his join reaching alice's
+	// server) may still come first, so wait for the one with the device.
+	want := sorted(bob.DeviceID, bob2.DeviceID)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		a1.syncUntil("bob in device_lists.changed", func() bool { return a1.changed[bob.UserID] })
+		a1.changed = map[string]bool{}
+		a1.query(bob.UserID)
+		if got := a1.deviceIDs(bob.UserID); slices.Equal(got, want) {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("after the changes alice sees bob's devices %v, want %v", got, want)
+		}
 	}
 	a1.shareRoomKey(roomID, devicesOf(a1, bob.UserID))
 	second := "the owl has a new perch"
