@@ -28,9 +28,11 @@ import (
 // destination's EDUs in order. Device names are not shared.
 //
 // The servers are those with joined members in the user's rooms when
-// the change is read. A server that joins later fetches the list on its
-// first query (/user/devices or /user/keys/query), and one that missed
-// an update sees the gap in prev_id and resyncs.
+// the change is read. When the user joins a room, its servers that were
+// not receiving the list get it (keys_join.go); a server that joins one
+// of the user's rooms later fetches the list on its first query
+// (/user/devices or /user/keys/query), and one that missed an update
+// sees the gap in prev_id and resyncs.
 
 // deviceListConsumer is the DeviceListSender's row in federationapi_consumer.
 const deviceListConsumer = "keyserver_device_lists"
