@@ -82,3 +82,48 @@ func TestDeviceListAnnouncedOnLocalRoomJoin(t *testing.T) {
 		ksChanged(t, b, bob, &since, carol.UserID, "carol in bob's device_lists.changed")
 	})
 }
+
+// TestDeviceListAnnouncedOnRejoin: b cached alice's list while bob shared
+// a room with her, then stopped sharing it and so missed her new device;
+// when she joins a room of bob's again, the announcement (prev_id naming
+// a change b lacks) makes b resync instead of serving the stale list.
+func TestDeviceListAnnouncedOnRejoin(t *testing.T) {
+	ksDatabases(t, func(t *testing.T, opts ...testserver.Option) {
+		a, b, alice, bob := ksRoomMates(t, opts...)
+		ksDevice(t, a, alice, 1)
+		if got := ksDevices(ksQuery(t, b, bob, alice.UserID), alice.UserID); len(got) != 1 {
+			t.Fatalf("b's first answer about alice: %v", got)
+		}
+		if _, ok := ksStreamID(t, b, alice.UserID); !ok {
+			t.Fatal("b did not cache the list of a room-mate")
+		}
+
+		first := a.MustOK("GET", "/_matrix/client/v3/joined_rooms", alice.AccessToken, nil).Get("joined_rooms.0").Str
+		b.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(first)+"/leave", bob.AccessToken, map[string]any{})
+		ksWaitMembers(t, a, alice, first, 1)
+		laptop := a.Login("alice", "password1234")
+		ksDevice(t, a, laptop, 1) // b shares no room with alice: it is not told
+
+		second := b.MustOK("POST", "/_matrix/client/v3/createRoom", bob.AccessToken, map[string]any{"preset": "public_chat"}).Get("room_id").Str
+		a.MustOK("POST", "/_matrix/client/v3/join/"+url.PathEscape(second)+"?server_name="+url.QueryEscape(b.ServerName()), alice.AccessToken, map[string]any{})
+		ksQueryUntil(t, b, bob, alice.UserID, "alice's new device on b", func(r gjson.Result) bool {
+			return len(ksDevices(r, alice.UserID)) == 2
+		})
+	})
+}
+
+// ksWaitMembers waits until u's server counts n joined members in a room.
+func ksWaitMembers(t *testing.T, s *testserver.Server, u *testserver.User, roomID string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r := s.MustOK("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/joined_members", u.AccessToken, nil)
+		if len(r.Get("joined").Map()) == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %d members: %s", n, r)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
