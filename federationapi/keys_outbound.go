@@ -50,6 +50,10 @@ type DeviceListSource interface {
 	QueryKeys(ctx context.Context, requester string, deviceKeys map[string][]string) (*keyserver.QueryResponse, error)
 	// UserDevices is a local user's list, announced on joins (keys_join.go).
 	UserDevices(ctx context.Context, userID string) (*keyserver.UserDevices, error)
+	// Cached remote lists no local user shares a room with any more are
+	// forgotten (keys_leave.go).
+	RemoteDeviceListStreamID(ctx context.Context, userID string) (int64, bool, error)
+	ForgetRemoteDeviceList(ctx context.Context, userID string) error
 }
 
 // DeviceListSender sends our users' device list changes to other servers.
@@ -75,7 +79,7 @@ func NewDeviceListSender(ctx context.Context, s *Sender, keys DeviceListSource) 
 		}
 	}
 	d := &DeviceListSender{s: s, keys: keys, pos: pos, log: logrus.WithField("component", "federationapi.devicelists")}
-	s.localJoin = d.announceJoin // before the sender starts
+	s.localJoin, s.memberLeft = d.announceJoin, d.memberLeft // before the sender starts
 	return d, nil
 }
 

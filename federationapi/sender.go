@@ -50,6 +50,8 @@ type SenderRoomserver interface {
 	ResidentServers(ctx context.Context, roomID string) ([]string, error)
 	// Memberships finds the rooms whose servers get a user's presence.
 	Memberships(ctx context.Context, userID string) ([]rsapi.Membership, error)
+	// CurrentState finds a room's members when we leave it (keys_leave.go).
+	CurrentState(ctx context.Context, roomID string) ([]gomatrixserverlib.PDU, error)
 }
 
 // Sender sends our events and EDUs to other servers.
@@ -70,6 +72,9 @@ type Sender struct {
 	// localJoin, when set, announces a local user's device list to the
 	// servers of a room they joined (keys_join.go).
 	localJoin func(ctx context.Context, out rsapi.OutputEvent, dests []spec.ServerName) error
+	// memberLeft, when set, sees every event of the stream and forgets
+	// the cached device lists a leave leaves unshared (keys_leave.go).
+	memberLeft func(ctx context.Context, out rsapi.OutputEvent) error
 }
 
 // txnClient is the part of fclient.FederationClient the sender uses.
@@ -188,6 +193,11 @@ func (s *Sender) step(ctx context.Context) (int, error) {
 	}
 	stored := s.pos
 	for _, out := range batch {
+		if s.memberLeft != nil {
+			if err := s.memberLeft(ctx, out); err != nil {
+				s.log.WithError(err).WithField("event_id", out.Event.EventID()).Warn("cannot check the device lists a leave leaves unshared")
+			}
+		}
 		dests, err := s.eventDestinations(ctx, out)
 		if err != nil {
 			return 0, err
