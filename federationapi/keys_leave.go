@@ -42,6 +42,11 @@ func (d *DeviceListSender) memberLeft(ctx context.Context, out rsapi.OutputEvent
 		if err != nil || in {
 			return err
 		}
+		if d.s.fed != nil && d.s.fed.remoteKeys != nil {
+			// Else a query or update in the next seconds could cache a
+			// list again on the strength of a room we are no longer in.
+			d.s.fed.remoteKeys.forgetResident(out.RoomID)
+		}
 		state, err := d.s.rs.CurrentState(ctx, out.RoomID)
 		if err != nil {
 			return err

@@ -75,6 +75,8 @@ type Sender struct {
 	// memberLeft, when set, sees every event of the stream and forgets
 	// the cached device lists a leave leaves unshared (keys_leave.go).
 	memberLeft func(ctx context.Context, out rsapi.OutputEvent) error
+	// fed is nil in unit tests.
+	fed *FederationAPI
 }
 
 // txnClient is the part of fclient.FederationClient the sender uses.
@@ -85,7 +87,11 @@ type txnClient interface {
 // NewSender builds the sender. It is built before the sync API, which
 // hands it EDUs; Start begins sending.
 func NewSender(ctx context.Context, fed *FederationAPI, rs SenderRoomserver) (*Sender, error) {
-	return newSender(ctx, fed.ServerName(), fed.Client(), fed.store.db, rs)
+	s, err := newSender(ctx, fed.ServerName(), fed.Client(), fed.store.db, rs)
+	if s != nil {
+		s.fed = fed
+	}
+	return s, err
 }
 
 func newSender(ctx context.Context, self spec.ServerName, client txnClient, db *storage.DB, rs SenderRoomserver) (*Sender, error) {
