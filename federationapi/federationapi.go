@@ -50,6 +50,9 @@ type FederationAPI struct {
 
 	routes []route
 	root   *mux.Router
+
+	// remoteKeys is set by NewRemoteKeys (keys_leave.go uses it).
+	remoteKeys *RemoteKeys
 }
 
 // Handler is an authenticated federation endpoint: it runs only for a

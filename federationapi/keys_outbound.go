@@ -28,9 +28,11 @@ import (
 // destination's EDUs in order. Device names are not shared.
 //
 // The servers are those with joined members in the user's rooms when
-// the change is read. A server that joins later fetches the list on its
-// first query (/user/devices or /user/keys/query), and one that missed
-// an update sees the gap in prev_id and resyncs.
+// the change is read. When the user joins a room, its servers that were
+// not receiving the list get it (keys_join.go); a server that joins one
+// of the user's rooms later fetches the list on its first query
+// (/user/devices or /user/keys/query), and one that missed an update
+// sees the gap in prev_id and resyncs.
 
 // deviceListConsumer is the DeviceListSender's row in federationapi_consumer.
 const deviceListConsumer = "keyserver_device_lists"
@@ -46,6 +48,12 @@ type DeviceListSource interface {
 	// QueryKeys with requester "" gives the cross-signing keys other
 	// servers may see.
 	QueryKeys(ctx context.Context, requester string, deviceKeys map[string][]string) (*keyserver.QueryResponse, error)
+	// UserDevices is a local user's list, announced on joins (keys_join.go).
+	UserDevices(ctx context.Context, userID string) (*keyserver.UserDevices, error)
+	// Cached remote lists no local user shares a room with any more are
+	// forgotten (keys_leave.go).
+	RemoteDeviceListStreamID(ctx context.Context, userID string) (int64, bool, error)
+	ForgetRemoteDeviceList(ctx context.Context, userID string) error
 }
 
 // DeviceListSender sends our users' device list changes to other servers.
@@ -70,7 +78,9 @@ func NewDeviceListSender(ctx context.Context, s *Sender, keys DeviceListSource) 
 			return nil, err
 		}
 	}
-	return &DeviceListSender{s: s, keys: keys, pos: pos, log: logrus.WithField("component", "federationapi.devicelists")}, nil
+	d := &DeviceListSender{s: s, keys: keys, pos: pos, log: logrus.WithField("component", "federationapi.devicelists")}
+	s.localJoin, s.memberLeft = d.announceJoin, d.memberLeft // before the sender starts
+	return d, nil
 }
 
 // Start follows the device list stream until ctx ends; the sender's Wait

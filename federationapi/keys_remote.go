@@ -75,7 +75,17 @@ var _ keyserver.RemoteKeys = (*RemoteKeys)(nil)
 
 // NewRemoteKeys builds the key server's access to other servers.
 func NewRemoteKeys(fed *FederationAPI, rooms KeyRooms) *RemoteKeys {
-	return &RemoteKeys{fed: fed, rooms: rooms, now: time.Now, resident: map[string]residentEntry{}}
+	r := &RemoteKeys{fed: fed, rooms: rooms, now: time.Now, resident: map[string]residentEntry{}}
+	fed.remoteKeys = r // the sender tells it of rooms we leave (keys_leave.go)
+	return r
+}
+
+// forgetResident drops the cached answer of weAreIn for a room we left,
+// so that a list is not cached again on its strength.
+func (r *RemoteKeys) forgetResident(roomID string) {
+	r.mu.Lock()
+	delete(r.resident, roomID)
+	r.mu.Unlock()
 }
 
 // keysRemoteError is another server's answer that is not a 200.

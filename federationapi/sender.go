@@ -50,6 +50,8 @@ type SenderRoomserver interface {
 	ResidentServers(ctx context.Context, roomID string) ([]string, error)
 	// Memberships finds the rooms whose servers get a user's presence.
 	Memberships(ctx context.Context, userID string) ([]rsapi.Membership, error)
+	// CurrentState finds a room's members when we leave it (keys_leave.go).
+	CurrentState(ctx context.Context, roomID string) ([]gomatrixserverlib.PDU, error)
 }
 
 // Sender sends our events and EDUs to other servers.
@@ -66,6 +68,15 @@ type Sender struct {
 	ctx    context.Context // set by Start; workers run under it
 	queues map[spec.ServerName]*destQueue
 	wg     sync.WaitGroup
+
+	// localJoin, when set, announces a local user's device list to the
+	// servers of a room they joined (keys_join.go).
+	localJoin func(ctx context.Context, out rsapi.OutputEvent, dests []spec.ServerName) error
+	// memberLeft, when set, sees every event of the stream and forgets
+	// the cached device lists a leave leaves unshared (keys_leave.go).
+	memberLeft func(ctx context.Context, out rsapi.OutputEvent) error
+	// fed is nil in unit tests.
+	fed *FederationAPI
 }
 
 // txnClient is the part of fclient.FederationClient the sender uses.
@@ -76,7 +87,11 @@ type txnClient interface {
 // NewSender builds the sender. It is built before the sync API, which
 // hands it EDUs; Start begins sending.
 func NewSender(ctx context.Context, fed *FederationAPI, rs SenderRoomserver) (*Sender, error) {
-	return newSender(ctx, fed.ServerName(), fed.Client(), fed.store.db, rs)
+	s, err := newSender(ctx, fed.ServerName(), fed.Client(), fed.store.db, rs)
+	if s != nil {
+		s.fed = fed
+	}
+	return s, err
 }
 
 func newSender(ctx context.Context, self spec.ServerName, client txnClient, db *storage.DB, rs SenderRoomserver) (*Sender, error) {
@@ -184,6 +199,11 @@ func (s *Sender) step(ctx context.Context) (int, error) {
 	}
 	stored := s.pos
 	for _, out := range batch {
+		if s.memberLeft != nil {
+			if err := s.memberLeft(ctx, out); err != nil {
+				s.log.WithError(err).WithField("event_id", out.Event.EventID()).Warn("cannot check the device lists a leave leaves unshared")
+			}
+		}
 		dests, err := s.eventDestinations(ctx, out)
 		if err != nil {
 			return 0, err
@@ -198,6 +218,14 @@ func (s *Sender) step(ctx context.Context) (int, error) {
 		}
 		if err := s.store.queuePDUs(ctx, queued, senderConsumer, out.Position); err != nil {
 			return 0, err
+		}
+		// After the join itself, so that it reaches the servers first;
+		// lost if we stop in between, then they fetch the list when
+		// first asked.
+		if s.localJoin != nil {
+			if err := s.localJoin(ctx, out, dests); err != nil {
+				s.log.WithError(err).WithField("event_id", out.Event.EventID()).Warn("cannot announce a joining user's device list")
+			}
 		}
 		s.pos, stored = out.Position, out.Position
 		for _, d := range dests {

@@ -140,6 +140,10 @@ func (f *senderStream) Memberships(_ context.Context, userID string) ([]rsapi.Me
 	return out, nil
 }
 
+func (f *senderStream) CurrentState(context.Context, string) ([]gomatrixserverlib.PDU, error) {
+	return nil, nil
+}
+
 // senderRemote plays the destinations: it records every transaction tried
 // and answers 200 unless told to fail.
 type senderRemote struct {

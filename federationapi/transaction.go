@@ -266,16 +266,24 @@ func (h *TransactionHandler) process(ctx context.Context, origin spec.ServerName
 	if h.sender != nil {
 		h.sender.MarkAlive(origin)
 	}
+	edus, keyEDUs := splitKeyEDUs(txn.EDUs)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		_ = safely(h.log, func() error {
-			h.processEDUs(ctx, origin, txn.EDUs)
+			h.processEDUs(ctx, origin, edus)
 			return nil
 		})
 	}()
 	results := h.processPDUs(ctx, origin, txn.PDUs)
+	// Device list updates after the PDUs: one about a user whose join is
+	// in the same transaction (keys_join.go) counts only once the join is
+	// in.
+	_ = safely(h.log, func() error {
+		h.processEDUs(ctx, origin, keyEDUs)
+		return nil
+	})
 	wg.Wait()
 	return results
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
+	"github.com/tidwall/gjson"
 
 	rsapi "github.com/plexus-chat/plexus/roomserver/api"
 	"github.com/plexus-chat/plexus/storage"
@@ -56,6 +57,20 @@ func (h *TransactionHandler) processEDUs(ctx context.Context, origin spec.Server
 			h.log.WithError(err).WithFields(logrus.Fields{"origin": origin, "edu_type": edu.Type}).Info("skipped an EDU")
 		}
 	}
+}
+
+// splitKeyEDUs puts m.device_list_update and m.signing_key_update apart
+// from the other EDUs.
+func splitKeyEDUs(raws []json.RawMessage) (others, keys []json.RawMessage) {
+	for _, raw := range raws {
+		switch gjson.GetBytes(raw, "edu_type").Str {
+		case "m.device_list_update", "m.signing_key_update":
+			keys = append(keys, raw)
+		default:
+			others = append(others, raw)
+		}
+	}
+	return others, keys
 }
 
 // errSkip marks an EDU (or part of one) that breaks the rules.

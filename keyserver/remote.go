@@ -24,8 +24,10 @@ import (
 //   - later queries are answered from the cache, which the federation
 //     API keeps up to date (ApplyRemoteDeviceListUpdate, resyncs);
 //   - a user who shares no room with a local user any more is dropped
-//     from the cache when next asked about, and then, like any user we
-//     share no room with, asked about on their server each time;
+//     from the cache by the federation API as soon as the leave is seen
+//     (federationapi/keys_leave.go), or else when next asked about, and
+//     then, like any user we share no room with, asked about on their
+//     server each time;
 //   - one-time keys are never cached: they are claimed on the user's
 //     server (/user/keys/claim).
 //
