@@ -136,7 +136,8 @@ func (a *API) checkNewLocalpart(r *http.Request, localpart string) error {
 	if err != nil {
 		return err
 	}
-	if !free {
+	// The server notices user is made when the first notice is sent.
+	if !free || localpart == a.cfg.ServerNotices.SystemUserLocalpart {
 		return httputil.UserInUse("User ID already taken")
 	}
 	return nil

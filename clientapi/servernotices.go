@@ -40,6 +40,10 @@ var serverNoticeMu sync.Mutex
 
 func (a *API) registerServerNoticeRoutes(root *mux.Router) {
 	root.Handle("/_plexus/admin/v1/server_notice", a.Authed(a.adminOnly(a.adminServerNotice))).Methods(http.MethodPost)
+	// Synapse's admin path, which tools and Complement use; with a
+	// transaction ID a repeated request sends nothing new.
+	root.Handle("/_synapse/admin/v1/send_server_notice", a.Authed(a.adminOnly(a.adminServerNotice))).Methods(http.MethodPost)
+	root.Handle("/_synapse/admin/v1/send_server_notice/{txnId}", a.Authed(a.adminOnly(a.adminServerNotice))).Methods(http.MethodPut)
 }
 
 func (a *API) systemUserID() string { return a.userID(a.cfg.ServerNotices.SystemUserLocalpart) }
@@ -55,7 +59,12 @@ func (a *API) adminServerNotice(w http.ResponseWriter, r *http.Request, s *accou
 	if req.UserID == "" || len(req.Content) == 0 {
 		return httputil.MissingParam("user_id and content are required")
 	}
-	roomID, eventID, err := a.SendServerNotice(r.Context(), req.UserID, req.Content)
+	var txn noticeTxn
+	if id := httputil.Vars(r)["txnId"]; id != "" {
+		// Scoped to the admin's device, as client transaction IDs are.
+		txn = noticeTxn{id: id, device: "admin/" + s.Localpart + "/" + s.DeviceID}
+	}
+	roomID, eventID, err := a.sendServerNotice(r.Context(), req.UserID, req.Content, txn)
 	if err != nil {
 		return err
 	}
@@ -63,19 +72,23 @@ func (a *API) adminServerNotice(w http.ResponseWriter, r *http.Request, s *accou
 	return nil
 }
 
+// noticeTxn is the transaction a notice is sent in ("" for none).
+type noticeTxn struct{ id, device string }
+
 // SendServerNotice sends a notice to a local user and returns its room
 // and event. content is an m.room.message content with a body; its
-// msgtype, when given, must be m.server_notice.
+// msgtype is set to m.server_notice, as the spec has notices.
 func (a *API) SendServerNotice(ctx context.Context, userID string, content json.RawMessage) (roomID, eventID string, err error) {
+	return a.sendServerNotice(ctx, userID, content, noticeTxn{})
+}
+
+func (a *API) sendServerNotice(ctx context.Context, userID string, content json.RawMessage, txn noticeTxn) (roomID, eventID string, err error) {
 	c := gjson.ParseBytes(content)
 	if len(content) > maxServerNoticeSize {
 		return "", "", httputil.TooLarge("content is larger than %d bytes", maxServerNoticeSize)
 	}
 	if !c.IsObject() || c.Get("body").Type != gjson.String {
 		return "", "", httputil.BadJSON("content must be an object with a body")
-	}
-	if mt := c.Get("msgtype"); mt.Exists() && mt.String() != "m.server_notice" {
-		return "", "", httputil.InvalidParam("msgtype must be m.server_notice")
 	}
 	var body map[string]any
 	if err := json.Unmarshal(content, &body); err != nil {
@@ -109,7 +122,8 @@ func (a *API) SendServerNotice(ctx context.Context, userID string, content json.
 	if err != nil {
 		return "", "", err
 	}
-	ev, err := a.rooms.SendEvent(ctx, rsapi.NewEvent{RoomID: roomID, Sender: a.systemUserID(), Type: "m.room.message", Content: raw})
+	ev, err := a.rooms.SendEvent(ctx, rsapi.NewEvent{RoomID: roomID, Sender: a.systemUserID(), Type: "m.room.message", Content: raw,
+		TxnID: txn.id, DeviceID: txn.device})
 	if err != nil {
 		return "", "", roomError(err)
 	}

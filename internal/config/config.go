@@ -217,7 +217,7 @@ func Default(serverName string) Config {
 		Push: Push{RetryFor: Duration(time.Hour)},
 		// The spec's recommended version.
 		DefaultRoomVersion: "12",
-		ServerNotices: ServerNotices{SystemUserLocalpart: "server", SystemUserDisplayName: "Server Notices",
+		ServerNotices: ServerNotices{SystemUserLocalpart: "_server", SystemUserDisplayName: "Server Notices",
 			RoomName: "Server Notices"},
 		Media: defaultMedia(),
 	}
