@@ -355,7 +355,7 @@ func (r *Roomserver) storeOutOfBand(ctx context.Context, t *txn, rm *room, pdu g
 		string(pdu.SenderID()), int64(pdu.OriginServerTS()), statusOutlier, 0, 0, pos, string(pdu.JSON())).Scan(&nid); err != nil {
 		return fmt.Errorf("store out-of-band membership: %w", err)
 	}
-	if _, err := t.ExecContext(ctx, sqlUpsertMembership, rm.nid, userID, membership, nid); err != nil {
+	if _, err := t.ExecContext(ctx, sqlUpsertMembership, rm.nid, userID, membership, nid, serverOfUser(userID)); err != nil {
 		return err
 	}
 	removes := []string{}

@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"container/heap"
 	"context"
+	"database/sql"
+	"errors"
 	"math"
 	"slices"
 	"sort"
@@ -228,23 +230,20 @@ func (r *Roomserver) ServerCanSee(ctx context.Context, server string, events []g
 }
 
 // sqlFedMembersIn lists the users with one of two memberships now.
-const sqlFedMembersIn = `SELECT user_id FROM roomserver_memberships WHERE room_nid = $1 AND membership IN ($2, $3)`
+const (
+	// The servers with a member in one of two memberships, from the index
+	// on (room_nid, membership, server_name).
+	sqlServersIn = `SELECT DISTINCT server_name FROM roomserver_memberships
+		WHERE room_nid = $1 AND membership IN ($2, $3)`
+	sqlServerIn = `SELECT 1 FROM roomserver_memberships
+		WHERE room_nid = $1 AND membership IN ($2, $3) AND server_name = $4 LIMIT 1`
+)
 
-func (r *Roomserver) fedMembersIn(ctx context.Context, q storage.Querier, roomNID int64, m1, m2 string) ([]string, error) {
-	rows, err := q.QueryContext(ctx, sqlFedMembersIn, roomNID, m1, m2)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var u string
-		if err := rows.Scan(&u); err != nil {
-			return nil, err
-		}
-		out = append(out, u)
-	}
-	return out, rows.Err()
+// serverOfUser is the server name of a user ID: everything after the
+// first colon (a localpart has none).
+func serverOfUser(userID string) string {
+	_, server, _ := strings.Cut(userID, ":")
+	return server
 }
 
 // ServerParticipates reports whether the server has a user joined or
@@ -255,40 +254,43 @@ func (r *Roomserver) ServerParticipates(ctx context.Context, roomID, server stri
 	if err != nil {
 		return false, err
 	}
-	users, err := r.fedMembersIn(ctx, q, rm.nid, spec.Join, spec.Invite)
-	if err != nil {
-		return false, err
+	var one int
+	err = q.QueryRowContext(ctx, sqlServerIn, rm.nid, spec.Join, spec.Invite, server).Scan(&one)
+	if err == nil {
+		return true, nil
 	}
-	for _, u := range users {
-		if fedUserOfServer(u, server) {
-			return true, nil
-		}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return false, err
 	}
 	hv, _, err := r.visibilityAt(ctx, q, rm.snapshot, 0, false)
 	return hv == visWorldReadable, err
 }
 
-// ResidentServers lists the servers of the joined members.
+// ResidentServers lists the servers with a user joined to the room now,
+// sorted.
 func (r *Roomserver) ResidentServers(ctx context.Context, roomID string) ([]string, error) {
 	q := r.db.Reader()
 	rm, err := r.loadRoom(ctx, q, roomID)
 	if err != nil {
 		return nil, err
 	}
-	users, err := r.fedMembersIn(ctx, q, rm.nid, spec.Join, spec.Join)
+	rows, err := q.QueryContext(ctx, sqlServersIn, rm.nid, spec.Join, spec.Join)
 	if err != nil {
 		return nil, err
 	}
-	seen := map[string]bool{}
+	defer rows.Close()
 	var out []string
-	for _, u := range users {
-		if _, s, ok := strings.Cut(u, ":"); ok && !seen[s] {
-			seen[s] = true
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return nil, err
+		}
+		if s != "" {
 			out = append(out, s)
 		}
 	}
 	sort.Strings(out)
-	return out, nil
+	return out, rows.Err()
 }
 
 // fedRoomEvent loads an event of the room that is part of its graph: an

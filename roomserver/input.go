@@ -379,7 +379,8 @@ func (r *Roomserver) applyStateChanges(ctx context.Context, tx *sql.Tx, rm *room
 		if err != nil {
 			continue
 		}
-		if _, err := tx.ExecContext(ctx, sqlUpsertMembership, rm.nid, *ev.StateKey(), membership, added[i].EventNID); err != nil {
+		if _, err := tx.ExecContext(ctx, sqlUpsertMembership, rm.nid, *ev.StateKey(), membership, added[i].EventNID,
+			serverOfUser(*ev.StateKey())); err != nil {
 			return nil, err
 		}
 	}

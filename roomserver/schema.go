@@ -115,6 +115,17 @@ var migrations = []storage.Migration{{
 		PRIMARY KEY (room_nid, user_id)
 	);
 	CREATE INDEX roomserver_forgotten_user ON roomserver_forgotten (user_id)`,
+}, {
+	Version: 7,
+	// The server of each member, indexed, so that a room's resident servers
+	// are read from the index without reading every member (the
+	// federation sender asks for every event: federation_reads.go).
+	SQLiteSQL: `ALTER TABLE roomserver_memberships ADD COLUMN server_name TEXT NOT NULL DEFAULT '';
+	UPDATE roomserver_memberships SET server_name = substr(user_id, instr(user_id, ':') + 1);
+	CREATE INDEX roomserver_memberships_servers ON roomserver_memberships (room_nid, membership, server_name)`,
+	PostgresSQL: `ALTER TABLE roomserver_memberships ADD COLUMN server_name TEXT NOT NULL DEFAULT '';
+	UPDATE roomserver_memberships SET server_name = substr(user_id, strpos(user_id, ':') + 1);
+	CREATE INDEX roomserver_memberships_servers ON roomserver_memberships (room_nid, membership, server_name)`,
 }}
 
 const (
@@ -153,7 +164,7 @@ const (
 		WHERE t.sender = $1 AND t.device_id = $2 AND t.txn_id = $3`
 	sqlInsertTxn = `INSERT INTO roomserver_txns (sender, device_id, txn_id, event_nid) VALUES ($1, $2, $3, $4)`
 
-	sqlUpsertMembership = `INSERT INTO roomserver_memberships (room_nid, user_id, membership, event_nid) VALUES ($1, $2, $3, $4)
+	sqlUpsertMembership = `INSERT INTO roomserver_memberships (room_nid, user_id, membership, event_nid, server_name) VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (room_nid, user_id) DO UPDATE SET membership = excluded.membership, event_nid = excluded.event_nid`
 	sqlSelectUserMemberships = `SELECT r.room_id, m.membership, e.event_id FROM roomserver_memberships m
 		JOIN roomserver_rooms r ON r.room_nid = m.room_nid JOIN roomserver_events e ON e.event_nid = m.event_nid
