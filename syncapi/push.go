@@ -1,6 +1,7 @@
 package syncapi
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -39,7 +40,7 @@ import (
 // /sync's account data carries m.push_rules from a user's first sync.
 func WithPush() Option {
 	return func(s *SyncAPI) {
-		p := &pushEvaluator{serverName: s.serverName, accounts: s.accounts, cache: map[string]*pushrules.Compiled{},
+		p := &pushEvaluator{serverName: s.serverName, accounts: s.accounts, cache: map[string]userRules{},
 			gens: map[string]uint64{}, log: logrus.WithField("component", "syncapi.push")}
 		s.consumer.push = p
 		s.accounts = &pushAccountData{Accounts: s.accounts, serverName: s.serverName, log: p.log}
@@ -77,7 +78,7 @@ type pushEvaluator struct {
 	log        *logrus.Entry
 
 	mu    sync.Mutex
-	cache map[string]*pushrules.Compiled
+	cache map[string]userRules
 	// gens count each user's invalidations, so that rules loaded before
 	// a change are not cached after it.
 	gens map[string]uint64
@@ -94,6 +95,18 @@ func (p *pushEvaluator) invalidate(userID string) {
 
 // rules returns a user's compiled rules.
 func (p *pushEvaluator) rules(ctx context.Context, userID string) (*pushrules.Compiled, error) {
+	r, err := p.userRules(ctx, userID)
+	return r.compiled, err
+}
+
+// userRules are a user's compiled rules, and whether they are the
+// server's defaults unchanged.
+type userRules struct {
+	compiled *pushrules.Compiled
+	defaults bool
+}
+
+func (p *pushEvaluator) userRules(ctx context.Context, userID string) (userRules, error) {
 	p.mu.Lock()
 	c, ok := p.cache[userID]
 	gen := p.gens[userID]
@@ -103,22 +116,30 @@ func (p *pushEvaluator) rules(ctx context.Context, userID string) (*pushrules.Co
 	}
 	raw, err := p.accounts.AccountData(ctx, localpartOf(userID), "", pushrules.AccountDataType)
 	if err != nil && !errors.Is(err, accounts.ErrNotFound) {
-		return nil, err
+		return userRules{}, err
 	}
 	rs, err := pushrules.Load(raw, userID)
 	if err != nil {
 		p.log.WithError(err).WithField("user_id", userID).Warn("stored push rules unreadable; using the defaults")
 	}
-	c = pushrules.Compile(rs, userID)
+	c = userRules{compiled: pushrules.Compile(rs, userID), defaults: sameRules(rs, pushrules.Merge(nil, userID))}
 	p.mu.Lock()
 	if p.gens[userID] == gen {
 		if len(p.cache) >= maxCachedRules {
-			p.cache = map[string]*pushrules.Compiled{}
+			p.cache = map[string]userRules{}
 		}
 		p.cache[userID] = c
 	}
 	p.mu.Unlock()
 	return c, nil
+}
+
+// sameRules compares two rulesets as they are stored (a ruleset read back
+// differs from the built one in nil and empty lists only).
+func sameRules(a, b pushrules.Ruleset) bool {
+	ja, errA := pushrules.Encode(a)
+	jb, errB := pushrules.Encode(b)
+	return errA == nil && errB == nil && bytes.Equal(ja, jb)
 }
 
 func localpartOf(userID string) string {
@@ -170,14 +191,24 @@ func (p *pushEvaluator) record(ctx context.Context, tx *sql.Tx, out rsapi.Output
 	event := pushrules.NewEvent(ev.JSON())
 	room := &pushRoom{ctx: ctx, tx: tx, roomID: out.RoomID, sender: sender, version: ev.Version(), members: -1}
 	thread := ""
+	// The default rules never notify of a member event other than an
+	// invite of the user (.m.rule.suppress_notices, .m.rule.invite_for_me
+	// and .m.rule.member_event come first): users with those rules are
+	// not evaluated for it, so a join into a big room costs nothing per
+	// member.
+	memberEvent := ev.Type() == spec.MRoomMember && ev.StateKey() != nil
 	for _, t := range targets {
 		if t.userID == sender {
 			continue
 		}
-		rules, err := p.rules(ctx, t.userID)
+		r, err := p.userRules(ctx, t.userID)
 		if err != nil {
 			return err
 		}
+		if memberEvent && r.defaults && *ev.StateKey() != t.userID {
+			continue
+		}
+		rules := r.compiled
 		o := rules.Evaluate(event, &pushMember{pushRoom: room, userID: t.userID, memberJSON: t.memberJSON, lazy: t.lazy})
 		if room.err != nil {
 			return room.err

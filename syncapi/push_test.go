@@ -322,3 +322,52 @@ func TestPushRulesInSync(t *testing.T) {
 		next = r.Get("next_batch").String()
 	}
 }
+
+// TestPushMemberEventsFollowChangedRules checks the shortcut for member
+// events: users with the default rules are not notified of others' joins,
+// a user with a rule of their own for member events is (their rules are
+// evaluated), and an invitee with the default rules still is.
+func TestPushMemberEventsFollowChangedRules(t *testing.T) {
+	testserver.ForEachDatabase(t, func(t *testing.T, s *testserver.Server) {
+		alice := s.Register("alice", "pw")
+		bob := s.Register("bob", "pw")
+		carol := s.Register("carol", "pw")
+		dan := s.Register("dan", "pw")
+		roomID := pushRoom(t, s, alice, bob)
+		s.MustOK("GET", "/_matrix/client/v3/sync?timeout=0", alice.AccessToken, nil) // stores alice's defaults
+		s.MustOK("PUT", "/_matrix/client/v3/pushrules/global/override/joins", bob.AccessToken, map[string]any{
+			"conditions": []any{map[string]any{"kind": "event_match", "key": "type", "pattern": "m.room.member"}},
+			"actions":    []any{"notify"}})
+		s.MustOK("POST", "/_matrix/client/v3/join/"+url.PathEscape(roomID), carol.AccessToken, map[string]any{})
+		s.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/invite", alice.AccessToken,
+			map[string]any{"user_id": dan.UserID})
+		marker := pushText(t, s, carol, roomID, "after the join", nil)
+
+		notified := func(u *testserver.User, evType string) bool {
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				n := s.MustOK("GET", "/_matrix/client/v3/notifications", u.AccessToken, nil).JSON()
+				if n.Get("notifications.#(event.event_id==" + marker + ")").Exists() || u == dan {
+					return n.Get(`notifications.#(event.type=="` + evType + `")`).Exists()
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s never got the marker: %s", u.UserID, n.Raw)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		if notified(alice, "m.room.member") {
+			t.Error("alice, with the default rules, was notified of a join")
+		}
+		if !notified(bob, "m.room.member") {
+			t.Error("bob, whose own rule notifies of member events, was not notified of carol's join")
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for !notified(dan, "m.room.member") {
+			if time.Now().After(deadline) {
+				t.Fatal("dan was not notified of his invite")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+}
