@@ -347,7 +347,7 @@ func TestPushMemberEventsFollowChangedRules(t *testing.T) {
 			deadline := time.Now().Add(10 * time.Second)
 			for {
 				n := s.MustOK("GET", "/_matrix/client/v3/notifications", u.AccessToken, nil).JSON()
-				if n.Get("notifications.#(event.event_id==" + marker + ")").Exists() || u == dan {
+				if n.Get("notifications.#(event.event_id=="+marker+")").Exists() || u == dan {
 					return n.Get(`notifications.#(event.type=="` + evType + `")`).Exists()
 				}
 				if time.Now().After(deadline) {
