@@ -100,6 +100,11 @@ func (s *SyncAPI) context(w http.ResponseWriter, r *http.Request, sess *accounts
 			return err
 		}
 	}
+	// The sync format leaves room_id out; /context has it (and a version
+	// 12 create event has none of its own to fall back on).
+	for i := range stateEvents {
+		stateEvents[i].RoomID = roomID
+	}
 	// All events of the answer are aggregated together (aggregations.go).
 	all := []gomatrixserverlib.PDU{target}
 	for _, e := range append(append([]storedEvent{}, beforeEvents...), afterEvents...) {

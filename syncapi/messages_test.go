@@ -61,6 +61,11 @@ func TestMessagesPaginationAndContext(t *testing.T) {
 			c.Get("events_after.0.event_id").String() != ids[4] || !c.Get("state.#(type==m.room.create)").Exists() {
 			t.Fatalf("context: %s", c)
 		}
+		for _, ev := range c.Get("state").Array() {
+			if ev.Get("room_id").String() != roomID {
+				t.Fatalf("context state event without the room ID: %s", ev)
+			}
+		}
 
 		// Errors and strangers.
 		s.ExpectError(400, "M_MISSING_PARAM", "GET", base+"/messages", alice.AccessToken, nil)
