@@ -42,10 +42,12 @@ type consumer struct {
 	push *pushEvaluator
 	// members mirrors each room's joined local users (members.go).
 	members *localMembers
+	// latest is each room's newest event position (roompositions.go).
+	latest *roomPositions
 }
 
 func newConsumer(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, n *notifier) (*consumer, error) {
-	c := &consumer{db: db, rs: rs, notifier: n, members: newLocalMembers(db, serverName),
+	c := &consumer{db: db, rs: rs, notifier: n, members: newLocalMembers(db, serverName), latest: newRoomPositions(),
 		log: logrus.WithField("component", "syncapi.consumer")}
 	var pos int64
 	err := db.Reader().QueryRowContext(ctx, sqlConsumerPos, consumerName).Scan(&pos)
@@ -111,6 +113,7 @@ func (c *consumer) step(ctx context.Context) (int, error) {
 // room's joined members, and whoever a membership event is about.
 func (c *consumer) consume(ctx context.Context, out rsapi.OutputEvent) ([]string, error) {
 	ev := out.Event
+	c.latest.advance(out.RoomID, out.Position) // before any sync can see the event
 	err := c.db.WithTx(ctx, func(tx *sql.Tx) error {
 		adds, _ := json.Marshal(nonNil(out.AddsState))
 		removes, _ := json.Marshal(nonNil(out.RemovesState))

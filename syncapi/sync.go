@@ -335,6 +335,12 @@ func (b *builder) rooms(ctx context.Context, resp *syncResponse, roomData map[st
 		changed := m.pos > b.since
 		switch m.membership {
 		case spec.Join:
+			if quiet, err := b.quietRoom(ctx, m.roomID, changed, roomData); err != nil || quiet {
+				if err != nil {
+					return err
+				}
+				continue // roompositions.go: nothing new, nothing to look up
+			}
 			newlyJoined := false
 			if !b.initial && changed {
 				prev, err := b.membershipAt(ctx, m.roomID, b.since)

@@ -12,6 +12,13 @@
 # 10,000 members. Reports land in OUT (default /tmp/plexus-compare-DATE);
 # `plexus-load compare` prints each run's ratios Plexus/Dendrite.
 #
+# MODES lists the plexus-load -mode values to run, each on its own fresh
+# server (default "all sync": create, send and join on one, the sync API on
+# another, so the long-poll memory reading starts from a server that did
+# only the sync setup). Its reports are named run<N>-<server>-<mode>.json
+# ("all" keeps run<N>-<server>.json). For the sync figures alone:
+#   MODES=sync BIG_MEMBERS= cmd/plexus-load/compare.sh
+#
 # Needs: Go; Dendrite, generate-config and generate-keys in DENDRITE_BIN:
 #   GOBIN=/tmp/dendrite-bin go install github.com/matrix-org/dendrite/cmd/dendrite@v0.13.8 \
 #     github.com/matrix-org/dendrite/cmd/generate-config@v0.13.8 github.com/matrix-org/dendrite/cmd/generate-keys@v0.13.8
@@ -22,14 +29,20 @@ RUNS=${RUNS:-2}
 DURATION=${DURATION:-20s}
 MEMBERS=${MEMBERS:-10,100,700}
 SAMPLES=${SAMPLES:-20}
-BIG_MEMBERS=${BIG_MEMBERS:-10,100,1000,10000}
+BIG_MEMBERS=${BIG_MEMBERS-10,100,1000,10000}
 IDLE=${IDLE:-10}
+MODES=${MODES:-all sync}
+LONGPOLLS=${LONGPOLLS:-1000}
+SYNC_SAMPLES=${SYNC_SAMPLES:-200}
 SETTLE=${SETTLE:-30s}
 DENDRITE_BIN=${DENDRITE_BIN:-/tmp/dendrite-bin}
 PLEXUS_BIN=${PLEXUS_BIN:-$OUT/plexus}
 LOAD_BIN=${LOAD_BIN:-$OUT/plexus-load}
-PLEXUS_ADDR=127.0.0.1:18008
-DENDRITE_ADDR=127.0.0.1:18108
+PLEXUS_ADDR=${PLEXUS_ADDR:-127.0.0.1:18008}
+DENDRITE_ADDR=${DENDRITE_ADDR:-127.0.0.1:18108}
+# 1,000 long-polls need more than the usual 1,024 open files, in the
+# servers (started from here) and in plexus-load.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 mkdir -p "$OUT"
 [ -x "$PLEXUS_BIN" ] || go build -o "$PLEXUS_BIN" ./cmd/plexus
@@ -41,7 +54,7 @@ mkdir -p "$OUT"
 	echo "go: $(go version)"
 	echo "plexus: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 	echo "dendrite: $("$DENDRITE_BIN/dendrite" -version 2>&1 | head -1)"
-	echo "settings: DURATION=$DURATION MEMBERS=$MEMBERS SAMPLES=$SAMPLES IDLE=$IDLE SETTLE=$SETTLE"
+	echo "settings: MODES=$MODES DURATION=$DURATION MEMBERS=$MEMBERS SAMPLES=$SAMPLES IDLE=$IDLE SETTLE=$SETTLE LONGPOLLS=$LONGPOLLS SYNC_SAMPLES=$SYNC_SAMPLES"
 } | tee "$OUT/env.txt"
 
 # wait_up URL: until the client API answers.
@@ -109,15 +122,22 @@ measure() { # name run address [plexus-load flags]
 	echo "data folder: $(du -sb "$data" | cut -f1) bytes" | tee -a "$OUT/run$run-$name.txt"
 }
 
+# suffix MODE: the report name's tail for a mode ("all" has none).
+suffix() { [ "$1" = all ] && echo "" || echo "-$1"; }
+
 for run in $(seq "$RUNS"); do
 	if [ $((run % 2)) -eq 1 ]; then order="dendrite plexus"; else order="plexus dendrite"; fi
-	for name in $order; do
-		addr=$PLEXUS_ADDR
-		[ "$name" = dendrite ] && addr=$DENDRITE_ADDR
-		measure "$name" "$run" "$addr" -members "$MEMBERS" -samples "$SAMPLES"
+	for mode in $MODES; do
+		sfx=$(suffix "$mode")
+		for name in $order; do
+			addr=$PLEXUS_ADDR
+			[ "$name" = dendrite ] && addr=$DENDRITE_ADDR
+			measure "$name$sfx" "$run" "$addr" -mode "$mode" -members "$MEMBERS" -samples "$SAMPLES" \
+				-longpolls "$LONGPOLLS" -sync-samples "$SYNC_SAMPLES"
+		done
+		echo "== run $run ($mode): a = Dendrite, b = Plexus"
+		"$LOAD_BIN" compare "$OUT/run$run-dendrite$sfx.json" "$OUT/run$run-plexus$sfx.json" | tee "$OUT/run$run-compare$sfx.txt"
 	done
-	echo "== run $run: a = Dendrite, b = Plexus"
-	"$LOAD_BIN" compare "$OUT/run$run-dendrite.json" "$OUT/run$run-plexus.json" | tee "$OUT/run$run-compare.txt"
 done
 
 if [ -n "$BIG_MEMBERS" ]; then

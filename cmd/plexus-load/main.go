@@ -14,6 +14,11 @@
 //	send    -senders goroutines join -rooms rooms, then send messages (sender
 //	        i into room i % rooms, each waiting for its answer) for -duration
 //	        after -warmup: events/s
+//	sync    the sync API (internal/bench/syncload.go): delivery latency from
+//	        PUT /send to a waiting /sync, initial sync in 50 rooms × 20
+//	        messages, incremental syncs, /messages pages of 50 over 2,000
+//	        events, and (with -pid) memory with -longpolls long-polls held
+//	        (not part of all: run it on a fresh server)
 //	join    one public room grows to each of -members; at each size -samples
 //	        fresh users join (timed: the join that makes member N) and leave,
 //	        each join starting on an idle server (with -pid: CPU at rest)
@@ -44,7 +49,7 @@ import (
 type options struct {
 	url, secret, modes, prefix, jsonOut string
 	users, rooms, senders, samples      int
-	conc, pid                           int
+	conc, pid, longPolls, syncSamples   int
 	duration, warmup, settle            time.Duration
 	members                             []int
 }
@@ -56,6 +61,7 @@ type Report struct {
 	Create   *Phase            `json:"create,omitempty"`
 	Send     *Phase            `json:"send,omitempty"`
 	Join     []bench.JoinPoint `json:"join,omitempty"`
+	Sync     *bench.SyncReport `json:"sync,omitempty"`
 	RSSStart int64             `json:"rss_start_bytes,omitempty"`
 	RSSEnd   int64             `json:"rss_end_bytes,omitempty"`
 }
@@ -96,6 +102,8 @@ func main() {
 	flag.IntVar(&o.conc, "conc", 8, "concurrency of the setup (registration, growing the room)")
 	flag.IntVar(&o.pid, "pid", 0, "server process ID, to report its CPU time and memory (Linux /proc)")
 	flag.DurationVar(&o.settle, "settle", 5*time.Second, "with -pid: idle time before the final memory reading")
+	flag.IntVar(&o.longPolls, "longpolls", 1000, "sync mode: users holding a /sync long-poll at once for the memory reading (0: skip)")
+	flag.IntVar(&o.syncSamples, "sync-samples", 200, "sync mode: deliveries and incremental syncs measured (initial syncs: a tenth)")
 	flag.StringVar(&o.jsonOut, "json", "", "also write the report as JSON to this file")
 	flag.Parse()
 	for _, s := range strings.Split(members, ",") {
@@ -133,7 +141,7 @@ func run(ctx context.Context, o options) error {
 		switch m = strings.TrimSpace(m); m {
 		case "all":
 			want["create"], want["send"], want["join"] = true, true, true
-		case "create", "send", "join":
+		case "create", "send", "join", "sync":
 			want[m] = true
 		default:
 			return fmt.Errorf("unknown mode %q", m)
@@ -183,6 +191,21 @@ func run(ctx context.Context, o options) error {
 			logf("join: %v", err)
 		}
 		rep.Join = pts
+	}
+	if want["sync"] {
+		cfg := bench.DefaultSyncConfig()
+		cfg.Prefix, cfg.PID, cfg.Conc, cfg.Log = o.prefix, o.pid, o.conc, logf
+		cfg.LongPolls, cfg.Deliveries, cfg.Incremental = o.longPolls, o.syncSamples, o.syncSamples
+		cfg.Initial = max(5, o.syncSamples/10)
+		raiseFileLimit(o.longPolls + 256)
+		sr, err := bench.RunSync(ctx, c, cfg)
+		rep.Sync = sr
+		if err != nil {
+			logf("sync: %v", err)
+			if sr == nil {
+				return err
+			}
+		}
 	}
 	if o.pid != 0 {
 		time.Sleep(o.settle)
@@ -371,6 +394,21 @@ func compare(pathA, pathB string) error {
 		return float64(pts[len(pts)-1].Join.P50) / float64(pts[0].Join.P50)
 	}
 	row("join p50 last size / first size", growth(a.Join), growth(b.Join), "%.2f")
+	if x, y := a.Sync, b.Sync; x != nil && y != nil {
+		stats := func(name string, sx, sy bench.Stats) {
+			row(name+" p50 ms", ms(sx.P50), ms(sy.P50), "%.2f")
+			row(name+" p99 ms", ms(sx.P99), ms(sy.P99), "%.2f")
+		}
+		stats("sync delivery (PUT start→/sync)", x.Delivery, y.Delivery)
+		stats("sync delivery: PUT /send alone", x.DeliverySend, y.DeliverySend)
+		stats(fmt.Sprintf("initial /sync %d rooms×%d", y.Rooms, y.PerRoom), x.Initial, y.Initial)
+		stats("incremental /sync, nothing new", x.IncrementalEmpty, y.IncrementalEmpty)
+		stats("incremental /sync, one event", x.IncrementalOne, y.IncrementalOne)
+		stats(fmt.Sprintf("/messages page of %d", y.PageSize), x.MessagesPage, y.MessagesPage)
+		row("RSS before long-polls MiB", mib(x.RSSBeforePolls), mib(y.RSSBeforePolls), "%.1f")
+		row(fmt.Sprintf("RSS with %d long-polls MiB", y.LongPolls), mib(x.RSSHeld), mib(y.RSSHeld), "%.1f")
+		row("RSS cost of the long-polls MiB", mib(x.RSSHeld-x.RSSBeforePolls), mib(y.RSSHeld-y.RSSBeforePolls), "%.1f")
+	}
 	row("RSS at start MiB", mib(a.RSSStart), mib(b.RSSStart), "%.1f")
 	row("RSS after load MiB", mib(a.RSSEnd), mib(b.RSSEnd), "%.1f")
 	return nil

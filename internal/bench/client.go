@@ -44,6 +44,7 @@ func NewClient(baseURL string) *Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConns = 1024
 	tr.MaxIdleConnsPerHost = 1024
+	tr.MaxConnsPerHost = 0 // unlimited: the sync mode holds 1,000 long-polls at once
 	return &Client{
 		BaseURL:   strings.TrimRight(baseURL, "/"),
 		HTTP:      &http.Client{Transport: tr, Timeout: 5 * time.Minute},
@@ -196,7 +197,7 @@ var Message = map[string]any{"msgtype": "m.text", "body": "The quick brown fox j
 // Send sends an m.room.message with a fresh transaction ID and returns
 // the event ID.
 func (c *Client) Send(ctx context.Context, u *User, roomID string) (string, error) {
-	txn := fmt.Sprintf("%s-%d", c.txnPrefix, c.txn.Add(1))
+	txn := c.nextTxn()
 	var resp struct {
 		EventID string `json:"event_id"`
 	}
@@ -206,6 +207,9 @@ func (c *Client) Send(ctx context.Context, u *User, roomID string) (string, erro
 	}
 	return resp.EventID, nil
 }
+
+// nextTxn returns a transaction ID unique to this client and run.
+func (c *Client) nextTxn() string { return fmt.Sprintf("%s-%d", c.txnPrefix, c.txn.Add(1)) }
 
 // Sync calls /sync once (timeout 0) and returns next_batch and the body.
 // since "" is an initial sync.
