@@ -89,7 +89,7 @@ func openSQLite(path string) (*DB, error) {
 	}
 	pragmas := "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(ON)"
 	base := "file:" + (&url.URL{Path: path}).EscapedPath()
-	writer, err := sql.Open("sqlite", base+"?"+pragmas+"&_txlock=immediate")
+	writer, err := openSQLitePool(base + "?" + pragmas + "&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite: %w", err)
 	}
@@ -100,13 +100,23 @@ func openSQLite(path string) (*DB, error) {
 		writer.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
-	reader, err := sql.Open("sqlite", base+"?"+pragmas+"&_pragma=query_only(ON)")
+	reader, err := openSQLitePool(base + "?" + pragmas + "&_pragma=query_only(ON)")
 	if err != nil {
 		writer.Close()
 		return nil, fmt.Errorf("open sqlite: %w", err)
 	}
 	reader.SetMaxOpenConns(max(4, runtime.NumCPU()*2))
 	return &DB{Dialect: SQLite, writer: writer, reader: reader}, nil
+}
+
+// openSQLitePool opens an SQLite pool whose connections keep their prepared
+// statements (stmtcache.go).
+func openSQLitePool(dsn string) (*sql.DB, error) {
+	base, err := sqlite.NewConnector(dsn)
+	if err != nil {
+		return nil, err
+	}
+	return sql.OpenDB(cachingConnector{base: base}), nil
 }
 
 // Close closes every connection.
