@@ -6,7 +6,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -571,53 +570,6 @@ func (r *Roomserver) fedFullAuthChain(ctx context.Context, q storage.Querier, ro
 		}
 	}
 	return out, nil
-}
-
-// EventAtTimestampForServer returns the accepted event nearest to ts in
-// the given direction that the server may see.
-func (r *Roomserver) EventAtTimestampForServer(ctx context.Context, roomID, server string, ts int64, forward bool) (gomatrixserverlib.PDU, error) {
-	q := r.db.Reader()
-	rm, err := r.loadRoom(ctx, q, roomID)
-	if err != nil {
-		return nil, err
-	}
-	query, cursorTS, cursorNID := sqlEventsAfterTS, ts, int64(0)
-	if !forward {
-		query, cursorNID = sqlEventsBeforeTS, math.MaxInt64
-	}
-	for range timestampMaxBatches {
-		rows, err := q.QueryContext(ctx, query, rm.nid, cursorTS, cursorNID, timestampBatch)
-		if err != nil {
-			return nil, err
-		}
-		var batch []gomatrixserverlib.PDU
-		for rows.Next() {
-			ev, err := scanEvent(rows)
-			if err != nil {
-				rows.Close()
-				return nil, err
-			}
-			batch = append(batch, ev.pdu)
-			cursorTS, cursorNID = int64(ev.pdu.OriginServerTS()), ev.nid
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
-		visible, err := r.ServerCanSee(ctx, server, batch)
-		if err != nil {
-			return nil, err
-		}
-		for i, ok := range visible {
-			if ok {
-				return batch[i], nil
-			}
-		}
-		if len(batch) < timestampBatch {
-			break
-		}
-	}
-	return nil, api.ErrEventNotFound
 }
 
 // sqlFedEventsByIDPrefix reads events by ID in bulk.

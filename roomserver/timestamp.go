@@ -35,6 +35,37 @@ const (
 // EventAtTimestamp returns the accepted event nearest to ts in the given
 // direction that the user may see.
 func (r *Roomserver) EventAtTimestamp(ctx context.Context, roomID, userID string, ts int64, forward bool) (gomatrixserverlib.PDU, error) {
+	return r.eventAtTimestamp(ctx, roomID, ts, forward, func(batch []gomatrixserverlib.PDU) (gomatrixserverlib.PDU, error) {
+		visible, err := r.VisibleEvents(ctx, userID, batch)
+		if err != nil || len(visible) == 0 {
+			return nil, err
+		}
+		return visible[0], nil
+	})
+}
+
+// EventAtTimestampForServer returns the accepted event nearest to ts in
+// the given direction that the server may see.
+func (r *Roomserver) EventAtTimestampForServer(ctx context.Context, roomID, server string, ts int64, forward bool) (gomatrixserverlib.PDU, error) {
+	return r.eventAtTimestamp(ctx, roomID, ts, forward, func(batch []gomatrixserverlib.PDU) (gomatrixserverlib.PDU, error) {
+		visible, err := r.ServerCanSee(ctx, server, batch)
+		if err != nil {
+			return nil, err
+		}
+		for i, ok := range visible {
+			if ok {
+				return batch[i], nil
+			}
+		}
+		return nil, nil
+	})
+}
+
+// eventAtTimestamp scans the room's accepted events from ts in the given
+// direction, a batch at a time, and returns the first one firstVisible
+// picks from a batch (nil: none in it).
+func (r *Roomserver) eventAtTimestamp(ctx context.Context, roomID string, ts int64, forward bool,
+	firstVisible func([]gomatrixserverlib.PDU) (gomatrixserverlib.PDU, error)) (gomatrixserverlib.PDU, error) {
 	q := r.db.Reader()
 	rm, err := r.loadRoom(ctx, q, roomID)
 	if err != nil {
@@ -63,12 +94,8 @@ func (r *Roomserver) EventAtTimestamp(ctx context.Context, roomID, userID string
 		if err := rows.Err(); err != nil {
 			return nil, err
 		}
-		visible, err := r.VisibleEvents(ctx, userID, batch)
-		if err != nil {
-			return nil, err
-		}
-		if len(visible) > 0 {
-			return visible[0], nil
+		if found, err := firstVisible(batch); err != nil || found != nil {
+			return found, err
 		}
 		if len(batch) < timestampBatch {
 			break
