@@ -2,7 +2,6 @@ package clientapi
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -352,29 +351,16 @@ func (a *API) putRoomVisibility(w http.ResponseWriter, r *http.Request, s *accou
 	return nil
 }
 
-// Page sizes of /publicRooms.
-const (
-	defaultPublicRoomsLimit = 100
-	maxPublicRoomsLimit     = 500
-)
-
 // publicRoomsRequest is what both forms of /publicRooms ask.
 type publicRoomsRequest struct {
-	Limit  int    `json:"limit"`
-	Since  string `json:"since"`
+	rsapi.PublicRoomsRequest
 	Server string `json:"-"` // always from the query string
-	Filter struct {
-		GenericSearchTerm string `json:"generic_search_term"`
-		// RoomTypes holds null for rooms without a type.
-		RoomTypes []*string `json:"room_types"`
-	} `json:"filter"`
-	IncludeAllNetworks   bool   `json:"include_all_networks"`
-	ThirdPartyInstanceID string `json:"third_party_instance_id"`
 }
 
 func (a *API) getPublicRooms(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
-	req := publicRoomsRequest{Since: q.Get("since"), Server: q.Get("server")}
+	req := publicRoomsRequest{Server: q.Get("server")}
+	req.Since = q.Get("since")
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
 		if err != nil {
@@ -397,11 +383,8 @@ func (a *API) postPublicRooms(w http.ResponseWriter, r *http.Request, _ *account
 	return a.publicRooms(w, r, &req)
 }
 
-// publicRooms answers /publicRooms. Pages are cut from the directory's
-// order (most joined members first, then room ID) by position keys, not
-// offsets, so rooms joining or leaving the list between requests shift
-// nothing: a token names a room's place in that order and whether the
-// page starts there (next_batch) or ends just before it (prev_batch).
+// publicRooms answers /publicRooms: another server's list through the
+// federation API, or a page of ours (rsapi.PagePublicRooms).
 func (a *API) publicRooms(w http.ResponseWriter, r *http.Request, req *publicRoomsRequest) error {
 	if req.Server != "" && req.Server != a.cfg.ServerName {
 		if err := config.ValidateServerName(req.Server); err != nil {
@@ -420,115 +403,19 @@ func (a *API) publicRooms(w http.ResponseWriter, r *http.Request, req *publicRoo
 		httputil.WriteJSON(w, http.StatusOK, body)
 		return nil
 	}
-	limit := req.Limit
-	switch {
-	case limit < 0:
-		return httputil.InvalidParam("limit must not be negative")
-	case limit == 0:
-		limit = defaultPublicRoomsLimit
-	}
-	limit = min(limit, maxPublicRoomsLimit)
-	var since *directoryToken
-	if req.Since != "" {
-		t, err := parseDirectoryToken(req.Since)
-		if err != nil {
-			return httputil.InvalidParam("Invalid pagination token")
-		}
-		since = &t
-	}
-
-	resp := map[string]any{"chunk": []any{}, "total_room_count_estimate": 0}
 	// There are no application services, hence no third-party networks:
 	// a request for one of them finds nothing.
-	if req.ThirdPartyInstanceID != "" {
-		httputil.WriteJSON(w, http.StatusOK, resp)
-		return nil
-	}
-	filter := rsapi.PublicRoomsFilter{SearchTerm: req.Filter.GenericSearchTerm}
-	for _, t := range req.Filter.RoomTypes {
-		if t == nil {
-			filter.RoomTypes = append(filter.RoomTypes, "")
-		} else {
-			filter.RoomTypes = append(filter.RoomTypes, *t)
+	var rooms []rsapi.PublicRoom
+	if req.ThirdPartyInstanceID == "" {
+		var err error
+		if rooms, err = a.rooms.PublicRooms(r.Context(), req.RoomsFilter()); err != nil {
+			return err
 		}
 	}
-	rooms, err := a.rooms.PublicRooms(r.Context(), filter)
+	page, err := rsapi.PagePublicRooms(rooms, req.Since, req.Limit)
 	if err != nil {
-		return err
+		return httputil.InvalidParam("%v", err)
 	}
-
-	start, end := 0, min(limit, len(rooms))
-	if since != nil {
-		pos := since.position(rooms)
-		if since.forward {
-			start, end = pos, min(pos+limit, len(rooms))
-		} else {
-			start, end = max(0, pos-limit), pos
-		}
-	}
-	resp["chunk"] = rooms[start:end] // rsapi.PublicRoom marshals as a chunk entry
-	resp["total_room_count_estimate"] = len(rooms)
-	if end < len(rooms) {
-		resp["next_batch"] = directoryToken{forward: true, joined: rooms[end].NumJoinedMembers, roomID: rooms[end].RoomID}.String()
-	}
-	if start > 0 {
-		prev := directoryToken{joined: since.joined, roomID: since.roomID}
-		if start < len(rooms) {
-			prev = directoryToken{joined: rooms[start].NumJoinedMembers, roomID: rooms[start].RoomID}
-		}
-		resp["prev_batch"] = prev.String()
-	}
-	httputil.WriteJSON(w, http.StatusOK, resp)
+	httputil.WriteJSON(w, http.StatusOK, page)
 	return nil
-}
-
-// directoryToken is a pagination token of /publicRooms: a place in the
-// directory's order, and which way the page goes from it.
-type directoryToken struct {
-	forward bool
-	joined  int
-	roomID  string
-}
-
-// String encodes the token as "n" or "p", the member count, ":" and the
-// room ID, in unpadded URL-safe base64 so that it is opaque and needs no
-// escaping in a query string.
-func (t directoryToken) String() string {
-	dir := "p"
-	if t.forward {
-		dir = "n"
-	}
-	return base64.RawURLEncoding.EncodeToString([]byte(dir + strconv.Itoa(t.joined) + ":" + t.roomID))
-}
-
-func parseDirectoryToken(s string) (directoryToken, error) {
-	raw, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(raw) == 0 {
-		return directoryToken{}, errors.New("bad token")
-	}
-	t := directoryToken{forward: raw[0] == 'n'}
-	if raw[0] != 'n' && raw[0] != 'p' {
-		return directoryToken{}, errors.New("bad token")
-	}
-	count, roomID, ok := strings.Cut(string(raw[1:]), ":")
-	if !ok || !strings.HasPrefix(roomID, "!") {
-		return directoryToken{}, errors.New("bad token")
-	}
-	if t.joined, err = strconv.Atoi(count); err != nil || t.joined < 0 {
-		return directoryToken{}, errors.New("bad token")
-	}
-	t.roomID = roomID
-	return t, nil
-}
-
-// position is how many rooms come before the token's place in the
-// directory's order.
-func (t directoryToken) position(rooms []rsapi.PublicRoom) int {
-	n := 0
-	for _, p := range rooms {
-		if p.NumJoinedMembers > t.joined || p.NumJoinedMembers == t.joined && p.RoomID < t.roomID {
-			n++
-		}
-	}
-	return n
 }

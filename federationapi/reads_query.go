@@ -2,7 +2,6 @@ package federationapi
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -133,28 +132,9 @@ func (h *readsAPI) queryDirectory(w http.ResponseWriter, r *http.Request, _ *fcl
 	return nil
 }
 
-// Page sizes of /publicRooms.
-const (
-	readsDefaultPublicRooms = 100
-	readsMaxPublicRooms     = 500
-)
-
-// readsPublicRoomsRequest is what both forms of /publicRooms ask.
-type readsPublicRoomsRequest struct {
-	Limit  int    `json:"limit"`
-	Since  string `json:"since"`
-	Filter struct {
-		GenericSearchTerm string `json:"generic_search_term"`
-		// RoomTypes holds null for rooms without a type.
-		RoomTypes []*string `json:"room_types"`
-	} `json:"filter"`
-	IncludeAllNetworks   bool   `json:"include_all_networks"`
-	ThirdPartyInstanceID string `json:"third_party_instance_id"`
-}
-
 func (h *readsAPI) publicRoomsGET(w http.ResponseWriter, r *http.Request, _ *fclient.FederationRequest, _ spec.ServerName) error {
 	q := r.URL.Query()
-	req := readsPublicRoomsRequest{Since: q.Get("since"), ThirdPartyInstanceID: q.Get("third_party_instance_id")}
+	req := rsapi.PublicRoomsRequest{Since: q.Get("since"), ThirdPartyInstanceID: q.Get("third_party_instance_id")}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
@@ -173,116 +153,33 @@ func (h *readsAPI) publicRoomsGET(w http.ResponseWriter, r *http.Request, _ *fcl
 }
 
 func (h *readsAPI) publicRoomsPOST(w http.ResponseWriter, r *http.Request, fr *fclient.FederationRequest, _ spec.ServerName) error {
-	var req readsPublicRoomsRequest
+	var req rsapi.PublicRoomsRequest
 	if err := httputil.DecodeJSONObject(fr.Content(), &req); err != nil {
 		return err
 	}
 	return h.publicRooms(w, r, &req)
 }
 
-// publicRooms answers /publicRooms with our published rooms, most joined
-// members first. A page token names a room's place in that order (its
-// member count and ID) and the direction, so rooms entering or leaving
-// the list between requests shift nothing.
-func (h *readsAPI) publicRooms(w http.ResponseWriter, r *http.Request, req *readsPublicRoomsRequest) error {
+// publicRooms answers /publicRooms with a page of our published rooms
+// (rsapi.PagePublicRooms).
+func (h *readsAPI) publicRooms(w http.ResponseWriter, r *http.Request, req *rsapi.PublicRoomsRequest) error {
 	if req.IncludeAllNetworks && req.ThirdPartyInstanceID != "" {
 		return httputil.InvalidParam("third_party_instance_id cannot be used with include_all_networks")
 	}
-	limit := req.Limit
-	switch {
-	case limit < 0:
-		return httputil.InvalidParam("limit must not be negative")
-	case limit == 0:
-		limit = readsDefaultPublicRooms
-	}
-	limit = min(limit, readsMaxPublicRooms)
-	var since *readsDirectoryToken
-	if req.Since != "" {
-		t, ok := parseReadsDirectoryToken(req.Since)
-		if !ok {
-			return httputil.InvalidParam("Invalid pagination token")
-		}
-		since = &t
-	}
-	resp := map[string]any{"chunk": []rsapi.PublicRoom{}, "total_room_count_estimate": 0}
 	// No application services, hence no third-party networks.
-	if req.ThirdPartyInstanceID != "" {
-		httputil.WriteJSON(w, http.StatusOK, resp)
-		return nil
-	}
-	filter := rsapi.PublicRoomsFilter{SearchTerm: req.Filter.GenericSearchTerm}
-	for _, t := range req.Filter.RoomTypes {
-		if t == nil {
-			filter.RoomTypes = append(filter.RoomTypes, "")
-		} else {
-			filter.RoomTypes = append(filter.RoomTypes, *t)
+	var rooms []rsapi.PublicRoom
+	if req.ThirdPartyInstanceID == "" {
+		var err error
+		if rooms, err = h.rooms.PublicRooms(r.Context(), req.RoomsFilter()); err != nil {
+			return err
 		}
 	}
-	rooms, err := h.rooms.PublicRooms(r.Context(), filter)
+	page, err := rsapi.PagePublicRooms(rooms, req.Since, req.Limit)
 	if err != nil {
-		return err
+		return httputil.InvalidParam("%v", err)
 	}
-	start, end := 0, min(limit, len(rooms))
-	if since != nil {
-		pos := since.position(rooms)
-		if since.forward {
-			start, end = pos, min(pos+limit, len(rooms))
-		} else {
-			start, end = max(0, pos-limit), pos
-		}
-	}
-	resp["chunk"] = rooms[start:end] // rsapi.PublicRoom marshals as a chunk entry
-	resp["total_room_count_estimate"] = len(rooms)
-	if end < len(rooms) {
-		resp["next_batch"] = readsDirectoryToken{forward: true, joined: rooms[end].NumJoinedMembers, roomID: rooms[end].RoomID}.String()
-	}
-	if start > 0 && start < len(rooms) {
-		resp["prev_batch"] = readsDirectoryToken{joined: rooms[start].NumJoinedMembers, roomID: rooms[start].RoomID}.String()
-	}
-	httputil.WriteJSON(w, http.StatusOK, resp)
+	httputil.WriteJSON(w, http.StatusOK, page)
 	return nil
-}
-
-// readsDirectoryToken is a /publicRooms page token: a place in the
-// directory's order and which way the page goes from it.
-type readsDirectoryToken struct {
-	forward bool
-	joined  int
-	roomID  string
-}
-
-// String encodes the token as "n" or "p", the member count, ":" and the
-// room ID, in unpadded URL-safe base64.
-func (t readsDirectoryToken) String() string {
-	dir := "p"
-	if t.forward {
-		dir = "n"
-	}
-	return base64.RawURLEncoding.EncodeToString([]byte(dir + strconv.Itoa(t.joined) + ":" + t.roomID))
-}
-
-func parseReadsDirectoryToken(s string) (readsDirectoryToken, bool) {
-	raw, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(raw) == 0 || (raw[0] != 'n' && raw[0] != 'p') {
-		return readsDirectoryToken{}, false
-	}
-	count, roomID, ok := strings.Cut(string(raw[1:]), ":")
-	n, err := strconv.Atoi(count)
-	if !ok || err != nil || n < 0 || !strings.HasPrefix(roomID, "!") {
-		return readsDirectoryToken{}, false
-	}
-	return readsDirectoryToken{forward: raw[0] == 'n', joined: n, roomID: roomID}, true
-}
-
-// position is how many rooms come before the token's place.
-func (t readsDirectoryToken) position(rooms []rsapi.PublicRoom) int {
-	n := 0
-	for _, p := range rooms {
-		if p.NumJoinedMembers > t.joined || p.NumJoinedMembers == t.joined && p.RoomID < t.roomID {
-			n++
-		}
-	}
-	return n
 }
 
 // ReadKeys is what /user/devices and /user/keys/* need from the key
