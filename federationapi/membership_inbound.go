@@ -108,15 +108,21 @@ func (m *Membership) writeTemplate(w http.ResponseWriter, ctx context.Context, r
 	return nil
 }
 
+// templateTarget reads what every make_* request names: a room we are in
+// and the origin may reach, and a user of the origin.
+func (m *Membership) templateTarget(r *http.Request, origin spec.ServerName) (roomID, userID string, version gomatrixserverlib.RoomVersion, err error) {
+	roomID = httputil.Vars(r)["roomId"]
+	if userID, err = memTemplateUser(r, origin); err != nil {
+		return "", "", "", err
+	}
+	version, _, err = m.residentRoom(r.Context(), roomID, origin)
+	return roomID, userID, version, err
+}
+
 // makeJoin serves GET /_matrix/federation/v1/make_join/{roomId}/{userId}.
 func (m *Membership) makeJoin(w http.ResponseWriter, r *http.Request, _ *fclient.FederationRequest, origin spec.ServerName) error {
 	ctx := r.Context()
-	roomID := httputil.Vars(r)["roomId"]
-	userID, err := memTemplateUser(r, origin)
-	if err != nil {
-		return err
-	}
-	version, _, err := m.residentRoom(ctx, roomID, origin)
+	roomID, userID, version, err := m.templateTarget(r, origin)
 	if err != nil {
 		return err
 	}
@@ -342,16 +348,11 @@ func memEventJSONs(events []gomatrixserverlib.PDU) []json.RawMessage {
 
 // makeLeave serves GET /_matrix/federation/v1/make_leave/{roomId}/{userId}.
 func (m *Membership) makeLeave(w http.ResponseWriter, r *http.Request, _ *fclient.FederationRequest, origin spec.ServerName) error {
-	ctx := r.Context()
-	roomID := httputil.Vars(r)["roomId"]
-	userID, err := memTemplateUser(r, origin)
+	roomID, userID, _, err := m.templateTarget(r, origin)
 	if err != nil {
 		return err
 	}
-	if _, _, err := m.residentRoom(ctx, roomID, origin); err != nil {
-		return err
-	}
-	return m.writeTemplate(w, ctx, roomID, userID, map[string]any{"membership": spec.Leave})
+	return m.writeTemplate(w, r.Context(), roomID, userID, map[string]any{"membership": spec.Leave})
 }
 
 // sendLeave serves PUT /_matrix/federation/v{1,2}/send_leave/{roomId}/{eventId}.
@@ -381,20 +382,14 @@ func (m *Membership) sendLeave(v1 bool) Handler {
 
 // makeKnock serves GET /_matrix/federation/v1/make_knock/{roomId}/{userId}.
 func (m *Membership) makeKnock(w http.ResponseWriter, r *http.Request, _ *fclient.FederationRequest, origin spec.ServerName) error {
-	ctx := r.Context()
-	roomID := httputil.Vars(r)["roomId"]
-	userID, err := memTemplateUser(r, origin)
-	if err != nil {
-		return err
-	}
-	version, _, err := m.residentRoom(ctx, roomID, origin)
+	roomID, userID, version, err := m.templateTarget(r, origin)
 	if err != nil {
 		return err
 	}
 	if err := memRequireVersion(r, version, false); err != nil {
 		return err
 	}
-	return m.writeTemplate(w, ctx, roomID, userID, map[string]any{"membership": spec.Knock})
+	return m.writeTemplate(w, r.Context(), roomID, userID, map[string]any{"membership": spec.Knock})
 }
 
 // sendKnock serves PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}.
