@@ -6,11 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
+	"github.com/plexus-chat/plexus/internal/streamconsumer"
 	"github.com/plexus-chat/plexus/keyserver"
 	rsapi "github.com/plexus-chat/plexus/roomserver/api"
 	"github.com/plexus-chat/plexus/storage"
@@ -94,29 +94,7 @@ func (d *DeviceListSender) Start(ctx context.Context) {
 }
 
 func (d *DeviceListSender) run(ctx context.Context) {
-	for {
-		n, err := d.step(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			d.log.WithError(err).Error("queueing device list updates failed; retrying")
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		if n > 0 {
-			continue
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.keys.DeviceListNotify(d.pos):
-		}
-	}
+	streamconsumer.Loop(ctx, d.step, func() <-chan struct{} { return d.keys.DeviceListNotify(d.pos) }, d.log, "queueing device list updates")
 }
 
 // deviceListEDU is one EDU for some destinations.

@@ -17,6 +17,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
+	"github.com/plexus-chat/plexus/internal/streamconsumer"
 	rsapi "github.com/plexus-chat/plexus/roomserver/api"
 	"github.com/plexus-chat/plexus/storage"
 )
@@ -163,29 +164,7 @@ func (s *Sender) resume(ctx context.Context) {
 
 // consume reads the output stream until ctx ends.
 func (s *Sender) consume(ctx context.Context) {
-	for {
-		n, err := s.step(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			s.log.WithError(err).Error("queueing room events failed; retrying")
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		if n > 0 {
-			continue
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.rs.Notify(s.pos):
-		}
-	}
+	streamconsumer.Loop(ctx, s.step, func() <-chan struct{} { return s.rs.Notify(s.pos) }, s.log, "queueing room events")
 }
 
 // step queues one batch of the stream and returns how many entries it

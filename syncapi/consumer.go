@@ -6,12 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"sync/atomic"
-	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
+	"github.com/plexus-chat/plexus/internal/streamconsumer"
 	rsapi "github.com/plexus-chat/plexus/roomserver/api"
 	"github.com/plexus-chat/plexus/storage"
 )
@@ -60,29 +60,7 @@ func newConsumer(ctx context.Context, db *storage.DB, serverName string, rs Room
 
 // run consumes until ctx ends.
 func (c *consumer) run(ctx context.Context) {
-	for {
-		n, err := c.step(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			c.log.WithError(err).Error("consuming room events failed; retrying")
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		if n > 0 {
-			continue
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-c.rs.Notify(c.pos.Load()):
-		}
-	}
+	streamconsumer.Loop(ctx, c.step, func() <-chan struct{} { return c.rs.Notify(c.pos.Load()) }, c.log, "consuming room events")
 }
 
 // step consumes one batch and returns how many events it took.

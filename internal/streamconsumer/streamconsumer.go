@@ -32,16 +32,32 @@ const BatchSize = 100
 // sees the same batch again).
 func Run(ctx context.Context, stream Stream, start int64, handle Handler, log *logrus.Entry) {
 	pos := start
-	for {
+	Loop(ctx, func(ctx context.Context) (int, error) {
 		batch, err := stream.OutputSince(ctx, pos, BatchSize)
-		if err == nil && len(batch) > 0 {
-			err = handle(ctx, batch)
+		if err != nil || len(batch) == 0 {
+			return 0, err
 		}
+		if err := handle(ctx, batch); err != nil {
+			return 0, err
+		}
+		pos = batch[len(batch)-1].Position
+		return len(batch), nil
+	}, func() <-chan struct{} { return stream.Notify(pos) }, log, "consuming room events")
+}
+
+// Loop is the loop of every durable stream consumer, for those that keep
+// their position and batches themselves: step takes one batch and says how
+// many entries it took; after an empty one the loop waits for notify's
+// channel (taken anew each time), after an error for a second, until ctx
+// ends. what names the work in the error log.
+func Loop(ctx context.Context, step func(context.Context) (int, error), notify func() <-chan struct{}, log *logrus.Entry, what string) {
+	for {
+		n, err := step(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			log.WithError(err).Error("consuming room events failed; retrying")
+			log.WithError(err).Error(what + " failed; retrying")
 			select {
 			case <-ctx.Done():
 				return
@@ -49,14 +65,13 @@ func Run(ctx context.Context, stream Stream, start int64, handle Handler, log *l
 			}
 			continue
 		}
-		if len(batch) > 0 {
-			pos = batch[len(batch)-1].Position
+		if n > 0 {
 			continue
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-stream.Notify(pos):
+		case <-notify():
 		}
 	}
 }
