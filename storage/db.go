@@ -105,7 +105,12 @@ func openSQLite(path string) (*DB, error) {
 		writer.Close()
 		return nil, fmt.Errorf("open sqlite: %w", err)
 	}
-	reader.SetMaxOpenConns(max(4, runtime.NumCPU()*2))
+	readers := max(4, runtime.NumCPU()*2)
+	reader.SetMaxOpenConns(readers)
+	// Keep every reader open: database/sql keeps only two idle by default
+	// and would close the others after each burst, losing their prepared
+	// statements (stmtcache.go) and paying for a new connection each time.
+	reader.SetMaxIdleConns(readers)
 	return &DB{Dialect: SQLite, writer: writer, reader: reader}, nil
 }
 

@@ -264,56 +264,79 @@ func incrementalOne(ctx context.Context, c *Client, sender, u *User, rooms []str
 func delivery(ctx context.Context, c *Client, sender, u *User, room, since, filter string, n int, rep *SyncReport) error {
 	var lat, send Recorder
 	for i := range n {
-		marker := fmt.Sprintf("delivery %d %d", i, time.Now().UnixNano())
-		sent := make(chan struct{})
-		type arrival struct {
-			at    time.Time
-			since string
-			err   error
+		d, err := deliverOnce(ctx, c, sender, u, room, since, filter, fmt.Sprintf("delivery %d %d", i, time.Now().UnixNano()), 50*time.Millisecond)
+		if err != nil {
+			return err
 		}
-		done := make(chan arrival, 1)
-		go func() {
-			var once sync.Once
-			s := since
-			for {
-				raw, err := c.SyncRaw(ctx, u, SyncParams{Since: s, Filter: filter, Timeout: 30 * time.Second,
-					Sent: func() { once.Do(func() { close(sent) }) }})
-				at := time.Now()
-				if err != nil {
-					once.Do(func() { close(sent) })
-					done <- arrival{err: err}
-					return
-				}
-				sum, err := ParseSync(raw)
-				if err != nil {
-					done <- arrival{err: err}
-					return
-				}
-				s = sum.NextBatch
-				if sum.HasBody(marker) {
-					done <- arrival{at: at, since: s}
-					return
-				}
-				rep.DeliveryEarlyWakes++ // only this goroutine writes it until done
-			}
-		}()
-		<-sent
-		// Let the server take the request in and start waiting.
-		time.Sleep(50 * time.Millisecond)
-		t0 := time.Now()
-		if _, err := c.SendText(ctx, sender, room, marker); err != nil {
-			return fmt.Errorf("delivery send: %w", err)
-		}
-		send.Add(time.Since(t0))
-		a := <-done
-		if a.err != nil {
-			return fmt.Errorf("delivery sync: %w", a.err)
-		}
-		lat.Add(a.at.Sub(t0))
-		since = a.since
+		lat.Add(d.Latency)
+		send.Add(d.Put)
+		rep.DeliveryEarlyWakes += d.EarlyWakes
+		since = d.Since
 	}
 	rep.Delivery, rep.DeliverySend = lat.Stats(), send.Stats()
 	return nil
+}
+
+// Delivery is one measured delivery: from just before the sender's PUT
+// until u's waiting /sync returned the event.
+type Delivery struct {
+	Latency, Put time.Duration
+	// Since is u's next_batch after the sync that carried the event.
+	Since string
+	// EarlyWakes counts long-polls that returned without the event.
+	EarlyWakes int
+}
+
+// deliverOnce starts u's long-poll from since, waits hold for the server
+// to take it in, then sends marker into room as sender and times until
+// the long-poll returns with it.
+func deliverOnce(ctx context.Context, c *Client, sender, u *User, room, since, filter, marker string, hold time.Duration) (Delivery, error) {
+	sent := make(chan struct{})
+	type arrival struct {
+		at    time.Time
+		since string
+		wakes int
+		err   error
+	}
+	done := make(chan arrival, 1)
+	go func() {
+		var once sync.Once
+		s, wakes := since, 0
+		for {
+			raw, err := c.SyncRaw(ctx, u, SyncParams{Since: s, Filter: filter, Timeout: 30 * time.Second,
+				Sent: func() { once.Do(func() { close(sent) }) }})
+			at := time.Now()
+			if err != nil {
+				once.Do(func() { close(sent) })
+				done <- arrival{err: err}
+				return
+			}
+			sum, err := ParseSync(raw)
+			if err != nil {
+				done <- arrival{err: err}
+				return
+			}
+			s = sum.NextBatch
+			if sum.HasBody(marker) {
+				done <- arrival{at: at, since: s, wakes: wakes}
+				return
+			}
+			wakes++
+		}
+	}()
+	<-sent
+	// Let the server take the request in and start waiting.
+	time.Sleep(hold)
+	t0 := time.Now()
+	if _, err := c.SendText(ctx, sender, room, marker); err != nil {
+		return Delivery{}, fmt.Errorf("delivery send: %w", err)
+	}
+	put := time.Since(t0)
+	a := <-done
+	if a.err != nil {
+		return Delivery{}, fmt.Errorf("delivery sync: %w", a.err)
+	}
+	return Delivery{Latency: a.at.Sub(t0), Put: put, Since: a.since, EarlyWakes: a.wakes}, nil
 }
 
 // messagesPages reads the history room backwards from the reader's
