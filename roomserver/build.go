@@ -201,6 +201,7 @@ func (r *Roomserver) sendLocal(ctx context.Context, t *txn, rm *room, ev api.New
 		if _, err := t.ExecContext(ctx, sqlInsertTxn, ev.Sender, ev.DeviceID, ev.TxnID, res.nid); err != nil {
 			return nil, err
 		}
+		t.setOutputTxn(pdu.EventID(), ev.TxnID, ev.DeviceID)
 	}
 	return pdu, nil
 }
@@ -226,22 +227,4 @@ func (r *Roomserver) unchangedState(ctx context.Context, t *txn, rm *room, ev ap
 		return nil, nil
 	}
 	return cur[0], nil
-}
-
-// txn is a transaction that remembers the stream positions it allocated,
-// so that they are settled whether it commits or not.
-type txn struct {
-	*sql.Tx
-	positions []int64
-}
-
-func (r *Roomserver) inTx(ctx context.Context, fn func(t *txn) error) error {
-	var positions []int64
-	err := r.state.WithTx(ctx, func(tx *sql.Tx) error {
-		t := &txn{Tx: tx}
-		defer func() { positions = append(positions, t.positions...) }()
-		return fn(t)
-	})
-	r.stream.settle(positions...)
-	return err
 }

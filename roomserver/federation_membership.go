@@ -161,9 +161,9 @@ func (r *Roomserver) InputRemoteJoin(ctx context.Context, join gomatrixserverlib
 			return errRejected // nothing of it is kept
 		}
 		if statePos != 0 {
-			adds, _ := json.Marshal(nonNilIDs(addedIDs))
-			removes, _ := json.Marshal(nonNilIDs(removed))
-			if _, err := t.ExecContext(ctx, sqlInsertOutput, statePos, rm.nid, res.nid, string(adds), string(removes)); err != nil {
+			if err := r.writeOutput(ctx, t, rm.nid, res.nid, api.OutputEvent{
+				Position: statePos, RoomID: rm.id, Event: join, AddsState: nonNilIDs(addedIDs), RemovesState: nonNilIDs(removed),
+			}); err != nil {
 				return err
 			}
 		}
@@ -362,10 +362,9 @@ func (r *Roomserver) storeOutOfBand(ctx context.Context, t *txn, rm *room, pdu g
 	if prevID != "" {
 		removes = append(removes, prevID)
 	}
-	adds, _ := json.Marshal([]string{pdu.EventID()})
-	rem, _ := json.Marshal(removes)
-	_, err = t.ExecContext(ctx, sqlInsertOutput, pos, rm.nid, nid, string(adds), string(rem))
-	return err
+	return r.writeOutput(ctx, t, rm.nid, nid, api.OutputEvent{
+		Position: pos, RoomID: rm.id, Event: pdu, AddsState: []string{pdu.EventID()}, RemovesState: removes,
+	})
 }
 
 // localJoined reports whether a user of this server is joined to the room.

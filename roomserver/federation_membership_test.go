@@ -24,6 +24,7 @@ func outputFor(t *testing.T, rs *Roomserver, eventID string) []api.OutputEvent {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sameAsDatabase(t, rs)
 	var found []api.OutputEvent
 	for _, o := range out {
 		if o.Event.EventID() == eventID {

@@ -3,7 +3,6 @@ package roomserver
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -124,7 +123,7 @@ func (r *Roomserver) inputEvent(ctx context.Context, t *txn, rm *room, pdu gomat
 	if res.status == statusSoftFailed {
 		return res, nil
 	}
-	if err := r.advance(ctx, tx, rm, pdu, res, after); err != nil {
+	if err := r.advance(ctx, t, rm, pdu, res, after); err != nil {
 		return res, err
 	}
 	if pdu.Type() == spec.MRoomRedaction {
@@ -298,7 +297,8 @@ func (r *Roomserver) stateEventsFor(ctx context.Context, q storage.Querier, at s
 
 // advance makes an accepted event a forward extremity, recomputes the
 // room's current state and appends the event to the output stream.
-func (r *Roomserver) advance(ctx context.Context, tx *sql.Tx, rm *room, pdu gomatrixserverlib.PDU, res *inputResult, after state.SnapshotNID) error {
+func (r *Roomserver) advance(ctx context.Context, t *txn, rm *room, pdu gomatrixserverlib.PDU, res *inputResult, after state.SnapshotNID) error {
+	tx := t.Tx
 	for _, prev := range pdu.PrevEventIDs() {
 		prevEv, err := r.eventByID(ctx, tx, prev)
 		if errors.Is(err, api.ErrEventNotFound) {
@@ -356,10 +356,9 @@ func (r *Roomserver) advance(ctx context.Context, tx *sql.Tx, rm *room, pdu goma
 		}
 		rm.snapshot = current
 	}
-	adds, _ := json.Marshal(addedIDs)
-	removes, _ := json.Marshal(removedIDs)
-	_, err = tx.ExecContext(ctx, sqlInsertOutput, res.position, rm.nid, res.nid, string(adds), string(removes))
-	return err
+	return r.writeOutput(ctx, t, rm.nid, res.nid, api.OutputEvent{
+		Position: res.position, RoomID: rm.id, Event: pdu, AddsState: addedIDs, RemovesState: removedIDs,
+	})
 }
 
 // applyStateChanges keeps the membership index in step with the current

@@ -32,6 +32,7 @@ type Roomserver struct {
 	roomLocks sync.Map // room ID -> *sync.Mutex
 
 	stream *outputStream
+	recent *recentOutputs // the newest committed stream entries
 
 	// createMu guards lastCreateMS, the timestamp of the last create event.
 	createMu     sync.Mutex
@@ -56,7 +57,7 @@ func New(ctx context.Context, db *storage.DB, serverName spec.ServerName, keyID 
 	return &Roomserver{
 		db: db, state: st, serverName: serverName,
 		keyID: gomatrixserverlib.KeyID(keyID), privateKey: key,
-		stream: stream,
+		stream: stream, recent: newRecentOutputs(stream.latest()),
 	}, nil
 }
 

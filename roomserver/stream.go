@@ -92,6 +92,14 @@ func (r *Roomserver) OutputSince(ctx context.Context, position int64, limit int)
 	if position >= upTo {
 		return nil, nil
 	}
+	if out, ok := r.recent.since(position, upTo, limit); ok {
+		return out, nil
+	}
+	return r.outputFromDB(ctx, position, upTo, limit)
+}
+
+// outputFromDB reads up to limit stream entries in (position, upTo].
+func (r *Roomserver) outputFromDB(ctx context.Context, position, upTo int64, limit int) ([]api.OutputEvent, error) {
 	rows, err := r.db.Reader().QueryContext(ctx, sqlSelectOutput, position, upTo, limit)
 	if err != nil {
 		return nil, err

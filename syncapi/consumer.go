@@ -63,6 +63,19 @@ func (c *consumer) run(ctx context.Context) {
 	streamconsumer.Loop(ctx, c.step, func() <-chan struct{} { return c.rs.Notify(c.pos.Load()) }, c.log, "consuming room events")
 }
 
+// streamPos is the newest position whose events the sync API has stored,
+// as /sync reads it: endpoints that bound their reads by it agree with
+// /sync's tokens. (The consumer's in-memory position moves just after
+// the commit, so a client could see an event in /sync a moment before it.)
+func (s *SyncAPI) streamPos(ctx context.Context) (int64, error) {
+	var pos int64
+	err := s.db.Reader().QueryRowContext(ctx, sqlConsumerPos, consumerName).Scan(&pos)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return pos, err
+}
+
 // step consumes one batch and returns how many events it took.
 func (c *consumer) step(ctx context.Context) (int, error) {
 	batch, err := c.rs.OutputSince(ctx, c.pos.Load(), 100)

@@ -63,7 +63,10 @@ func (s *SyncAPI) context(w http.ResponseWriter, r *http.Request, sess *accounts
 		return httputil.NotFound("Event not found")
 	}
 	before, after := limit/2, limit-limit/2
-	now := s.consumer.pos.Load()
+	now, err := s.streamPos(ctx)
+	if err != nil {
+		return err
+	}
 	beforeEvents, err := s.visibleWindow(r, roomID, userID, 0, pos.Int64-1, before, true, filter)
 	if err != nil {
 		return err

@@ -61,7 +61,10 @@ func (s *SyncAPI) messages(w http.ResponseWriter, r *http.Request, sess *account
 	if p, ok := parseBackfillToken(q.Get("from")); ok {
 		return s.backfillMessages(w, r, roomID, userID, backwards, limit, filter, p)
 	}
-	now := s.consumer.pos.Load()
+	now, err := s.streamPos(ctx)
+	if err != nil {
+		return err
+	}
 	from, err := tokenParam(q.Get("from"), now, backwards)
 	if err != nil {
 		return err

@@ -68,7 +68,10 @@ func (s *SyncAPI) relations(w http.ResponseWriter, r *http.Request, sess *accoun
 	if recurse {
 		page.depth = relationsDepth
 	}
-	now := s.consumer.pos.Load()
+	now, err := s.streamPos(ctx)
+	if err != nil {
+		return err
+	}
 	from, err := tokenParam(q.Get("from"), now, page.backwards)
 	if err != nil {
 		return err

@@ -27,12 +27,19 @@ type Handler func(ctx context.Context, batch []rsapi.OutputEvent) error
 // BatchSize is how many events one Handler call receives at most.
 const BatchSize = 100
 
-// Run consumes from position start until ctx ends. A failing batch is
-// retried after a pause (the handler's transaction rolled back, so it
-// sees the same batch again).
+// Gather is how long Run lets new entries gather after a wake before it
+// reads them. Its consumers work in the background (search, the user
+// directory): batching a burst costs them nothing a user notices, and
+// keeps their reads and writes out of the way while a send is being
+// delivered to the clients waiting for it.
+const Gather = 50 * time.Millisecond
+
+// Run consumes from position start until ctx ends, after a wake waiting
+// Gather for more entries. A failing batch is retried after a pause (the
+// handler's transaction rolled back, so it sees the same batch again).
 func Run(ctx context.Context, stream Stream, start int64, handle Handler, log *logrus.Entry) {
 	pos := start
-	Loop(ctx, func(ctx context.Context) (int, error) {
+	loop(ctx, Gather, func(ctx context.Context) (int, error) {
 		batch, err := stream.OutputSince(ctx, pos, BatchSize)
 		if err != nil || len(batch) == 0 {
 			return 0, err
@@ -51,6 +58,11 @@ func Run(ctx context.Context, stream Stream, start int64, handle Handler, log *l
 // channel (taken anew each time), after an error for a second, until ctx
 // ends. what names the work in the error log.
 func Loop(ctx context.Context, step func(context.Context) (int, error), notify func() <-chan struct{}, log *logrus.Entry, what string) {
+	loop(ctx, 0, step, notify, log, what)
+}
+
+// loop is Loop, waiting gather after each wake.
+func loop(ctx context.Context, gather time.Duration, step func(context.Context) (int, error), notify func() <-chan struct{}, log *logrus.Entry, what string) {
 	for {
 		n, err := step(ctx)
 		if err != nil {
@@ -72,6 +84,13 @@ func Loop(ctx context.Context, step func(context.Context) (int, error), notify f
 		case <-ctx.Done():
 			return
 		case <-notify():
+		}
+		if gather > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(gather):
+			}
 		}
 	}
 }

@@ -105,3 +105,31 @@ func TestRunResumesRetriesAndWaits(t *testing.T) {
 		}
 	}
 }
+
+// After a wake Run lets entries gather for Gather before it reads them:
+// a burst arrives as one batch, later than the wake.
+func TestRunGathersAfterAWake(t *testing.T) {
+	stream := newFakeStream()
+	batches := make(chan []rsapi.OutputEvent, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go Run(ctx, stream, 0, func(_ context.Context, b []rsapi.OutputEvent) error {
+		batches <- b
+		return nil
+	}, logrus.NewEntry(logrus.New()))
+	time.Sleep(20 * time.Millisecond) // let Run find the stream empty and wait
+	woke := time.Now()
+	stream.add(1)
+	stream.add(4)
+	select {
+	case b := <-batches:
+		if waited := time.Since(woke); waited < Gather {
+			t.Fatalf("read %v after the wake, before Gather (%v)", waited, Gather)
+		}
+		if len(b) != 5 {
+			t.Fatalf("a burst of 5 came as a batch of %d", len(b))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing consumed")
+	}
+}
