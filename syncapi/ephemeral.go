@@ -100,7 +100,7 @@ func (s *SyncAPI) syncEphemeral(ctx context.Context, req *syncRequest, since Tok
 		}
 		threads := roomFilter.Timeline != nil && roomFilter.Timeline.UnreadThreadNotifications
 		for roomID, jr := range resp.Rooms.Join {
-			u := unreadQuery{roomID: roomID, userID: req.userID, displayName: displayNames[roomID], marks: marks[roomID], to: next.PDU}
+			u := unreadQuery{roomID: roomID, userID: req.userID, displayName: displayNames[roomID], marks: marks[roomID], to: next.PDU, cache: s.unread}
 			main, perThread, err := u.counts(ctx, tx, threads)
 			if err != nil {
 				return err

@@ -47,6 +47,8 @@ type SyncAPI struct {
 	// keys is the key server, for device lists and key counts (keys.go);
 	// nil without end-to-end encryption.
 	keys KeyServer
+	// unread keeps notification counts between syncs (unreadcache.go).
+	unread *unreadCache
 }
 
 // New opens the sync API's storage. Start must be called to consume events.
@@ -62,7 +64,7 @@ func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, 
 	if err != nil {
 		return nil, err
 	}
-	s := &SyncAPI{db: db, serverName: serverName, accounts: accts, notifier: n, consumer: c, rs: rs}
+	s := &SyncAPI{db: db, serverName: serverName, accounts: accts, notifier: n, consumer: c, rs: rs, unread: newUnreadCache()}
 	s.typing = newTypingState(s.wakeRoom)
 	for _, o := range opts { // options: federation_edus.go, keys.go, backfill.go
 		o(s)

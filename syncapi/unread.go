@@ -83,11 +83,13 @@ func (c unreadCounts) add(o unreadCounts) unreadCounts {
 
 // unreadQuery counts one room's unread notifications for a user, up to
 // stream position to. (displayName is no longer used: push rules decided
-// mentions when the event arrived.)
+// mentions when the event arrived.) cache, when set, keeps the counts
+// between syncs (unreadcache.go).
 type unreadQuery struct {
 	roomID, userID, displayName string
 	marks                       readMarks
 	to                          int64
+	cache                       *unreadCache
 }
 
 // counts returns the room's counts and, when threads is set, the counts
@@ -98,22 +100,8 @@ type unreadQuery struct {
 func (u unreadQuery) counts(ctx context.Context, tx *sql.Tx, threads bool) (unreadCounts, map[string]unreadCounts, error) {
 	var main unreadCounts
 	from := u.marks.unthreaded
-	rows, err := tx.QueryContext(ctx, sqlUnreadByThread, u.userID, u.roomID, from, u.to)
+	byThread, err := u.cache.count(unreadKey{u.userID, u.roomID, ""}, from, u.to, u.byThread(ctx, tx))
 	if err != nil {
-		return main, nil, err
-	}
-	byThread := map[string]unreadCounts{}
-	for rows.Next() {
-		var thread string
-		var c unreadCounts
-		if err := rows.Scan(&thread, &c.notifications, &c.highlights); err != nil {
-			rows.Close()
-			return main, nil, err
-		}
-		byThread[thread] = c
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return main, nil, err
 	}
 	// A thread (or the main timeline) read further than the unthreaded
@@ -123,12 +111,11 @@ func (u unreadQuery) counts(ctx context.Context, tx *sql.Tx, threads bool) (unre
 		if mark <= from {
 			continue
 		}
-		var c unreadCounts
-		if err := tx.QueryRowContext(ctx, sqlUnreadInThread, u.userID, u.roomID, thread, mark, u.to).
-			Scan(&c.notifications, &c.highlights); err != nil {
+		again, err := u.cache.count(unreadKey{u.userID, u.roomID, thread}, mark, u.to, u.inThread(ctx, tx, thread))
+		if err != nil {
 			return main, nil, err
 		}
-		if c.notifications == 0 {
+		if c := again[thread]; c.notifications == 0 {
 			delete(byThread, thread)
 		} else {
 			byThread[thread] = c
