@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
 
 	rsapi "github.com/plexus-chat/plexus/roomserver/api"
 	"github.com/plexus-chat/plexus/storage"
@@ -21,8 +22,10 @@ type localMembers struct {
 	db     *storage.DB
 	suffix string // ":" + server name
 
-	mu    sync.Mutex
-	rooms map[string]map[string]struct{}
+	mu sync.Mutex
+	// rooms maps each loaded room's joined local users to their display
+	// name there (for push rules' contains_display_name).
+	rooms map[string]map[string]string
 	// gens count each room's changes, so that a load that raced with a
 	// change is not kept.
 	gens map[string]uint64
@@ -30,43 +33,61 @@ type localMembers struct {
 
 func newLocalMembers(db *storage.DB, serverName string) *localMembers {
 	return &localMembers{db: db, suffix: ":" + serverName,
-		rooms: map[string]map[string]struct{}{}, gens: map[string]uint64{}}
+		rooms: map[string]map[string]string{}, gens: map[string]uint64{}}
 }
 
 func (m *localMembers) isLocal(userID string) bool {
 	return strings.HasPrefix(userID, "@") && strings.HasSuffix(userID, m.suffix)
 }
 
+// localMember is a joined local user and their display name in the room.
+type localMember struct{ userID, displayName string }
+
 // joined returns the room's joined local users.
 func (m *localMembers) joined(ctx context.Context, roomID string) ([]string, error) {
+	members, err := m.joinedMembers(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	users := make([]string, len(members))
+	for i, lm := range members {
+		users[i] = lm.userID
+	}
+	return users, nil
+}
+
+// joinedMembers returns the room's joined local users with their
+// display names.
+func (m *localMembers) joinedMembers(ctx context.Context, roomID string) ([]localMember, error) {
 	m.mu.Lock()
 	set, ok := m.rooms[roomID]
 	gen := m.gens[roomID]
 	if ok {
-		users := make([]string, 0, len(set))
-		for u := range set {
-			users = append(users, u)
+		members := make([]localMember, 0, len(set))
+		for u, name := range set {
+			members = append(members, localMember{u, name})
 		}
 		m.mu.Unlock()
-		return users, nil
+		return members, nil
 	}
 	m.mu.Unlock()
 
-	rows, err := m.db.Reader().QueryContext(ctx, sqlJoinedUsers, roomID)
+	rows, err := m.db.Reader().QueryContext(ctx, sqlLocalJoinedMembers, roomID, "%"+likeEscape(m.suffix))
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var users []string
-	set = map[string]struct{}{}
+	var members []localMember
+	set = map[string]string{}
 	for rows.Next() {
-		var u string
-		if err := rows.Scan(&u); err != nil {
+		var u, js string
+		if err := rows.Scan(&u, &js); err != nil {
 			return nil, err
 		}
-		if m.isLocal(u) {
-			users = append(users, u)
-			set[u] = struct{}{}
+		if m.isLocal(u) { // LIKE ignores ASCII case in SQLite
+			name := gjson.Get(js, "content.displayname").String()
+			members = append(members, localMember{u, name})
+			set[u] = name
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -77,7 +98,7 @@ func (m *localMembers) joined(ctx context.Context, roomID string) ([]string, err
 		m.rooms[roomID] = set
 	}
 	m.mu.Unlock()
-	return users, nil
+	return members, nil
 }
 
 // simpleMembershipChange reports whether the event changes the room's
@@ -110,36 +131,36 @@ func (m *localMembers) applied(out rsapi.OutputEvent) {
 		return
 	}
 	if membership, _ := ev.Membership(); membership == spec.Join {
-		set[*ev.StateKey()] = struct{}{}
+		set[*ev.StateKey()] = gjson.GetBytes(ev.Content(), "displayname").String()
 	} else {
 		delete(set, *ev.StateKey())
 	}
 }
 
-// joinedAfter returns the room's joined local users as they will be once
-// the event is stored, for a simple membership change (see
-// simpleMembershipChange); ok is false otherwise.
-func (m *localMembers) joinedAfter(ctx context.Context, out rsapi.OutputEvent) (users []string, ok bool, err error) {
+// joinedAfter returns the room's joined local users, with their display
+// names, as they will be once the event is stored, for a simple
+// membership change (see simpleMembershipChange); ok is false otherwise.
+func (m *localMembers) joinedAfter(ctx context.Context, out rsapi.OutputEvent) (members []localMember, ok bool, err error) {
 	if !simpleMembershipChange(out) {
 		return nil, false, nil
 	}
-	users, err = m.joined(ctx, out.RoomID)
+	members, err = m.joinedMembers(ctx, out.RoomID)
 	if err != nil {
 		return nil, false, err
 	}
 	ev := out.Event
 	if ev.Type() != spec.MRoomMember || ev.StateKey() == nil || len(out.AddsState) == 0 || !m.isLocal(*ev.StateKey()) {
-		return users, true, nil
+		return members, true, nil
 	}
 	target := *ev.StateKey()
-	kept := users[:0]
-	for _, u := range users {
-		if u != target {
-			kept = append(kept, u)
+	kept := members[:0]
+	for _, lm := range members {
+		if lm.userID != target {
+			kept = append(kept, lm)
 		}
 	}
 	if membership, _ := ev.Membership(); membership == spec.Join {
-		kept = append(kept, target)
+		kept = append(kept, localMember{target, gjson.GetBytes(ev.Content(), "displayname").String()})
 	}
 	return kept, true, nil
 }

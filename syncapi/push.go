@@ -166,10 +166,11 @@ const mainThread = "main"
 // pushTarget is a local user the event is evaluated for.
 type pushTarget struct {
 	userID string
-	// memberJSON is their member event, for the display name ("" for an
-	// invitee); with lazy set, it is read when a rule first asks.
-	memberJSON string
-	lazy       bool
+	// displayName is their display name when named is set; else
+	// memberJSON is their member event ("" for an invitee).
+	displayName string
+	named       bool
+	memberJSON  string
 }
 
 func (p *pushEvaluator) record(ctx context.Context, tx *sql.Tx, out rsapi.OutputEvent, members *localMembers) error {
@@ -209,7 +210,7 @@ func (p *pushEvaluator) record(ctx context.Context, tx *sql.Tx, out rsapi.Output
 			continue
 		}
 		rules := r.compiled
-		o := rules.Evaluate(event, &pushMember{pushRoom: room, userID: t.userID, memberJSON: t.memberJSON, lazy: t.lazy})
+		o := rules.Evaluate(event, &pushMember{pushRoom: room, userID: t.userID, target: t})
 		if room.err != nil {
 			return room.err
 		}
@@ -230,21 +231,21 @@ func (p *pushEvaluator) record(ctx context.Context, tx *sql.Tx, out rsapi.Output
 	return nil
 }
 
-// targets are the local users an event is evaluated for. Member events
-// take them from the cached member set without their member events: the
-// default rules never notify of them, and a join into a big room must not
-// read every member's event (members.go). Other events read the members
-// with their events in one query, as most need the display name.
+// targets are the local users an event is evaluated for, from the cached
+// member set with their display names (members.go): reading every
+// member's event per event made big rooms costly. After a change of
+// several members at once (state resolution) they are read from the
+// stored state instead.
 func (p *pushEvaluator) targets(ctx context.Context, tx *sql.Tx, out rsapi.OutputEvent, members *localMembers) ([]pushTarget, error) {
-	if out.Event.Type() == spec.MRoomMember && members != nil {
-		users, ok, err := members.joinedAfter(ctx, out)
+	if members != nil {
+		joined, ok, err := members.joinedAfter(ctx, out)
 		if err != nil {
 			return nil, err
 		}
 		if ok {
-			targets := make([]pushTarget, len(users))
-			for i, u := range users {
-				targets[i] = pushTarget{userID: u, lazy: true}
+			targets := make([]pushTarget, len(joined))
+			for i, lm := range joined {
+				targets[i] = pushTarget{userID: lm.userID, displayName: lm.displayName, named: true}
 			}
 			return targets, nil
 		}
@@ -411,24 +412,18 @@ func (r *pushRoom) loadPower() {
 // name there.
 type pushMember struct {
 	*pushRoom
-	userID     string
-	memberJSON string
-	lazy       bool
+	userID string
+	target pushTarget
 }
 
 func (m *pushMember) DisplayName() string {
-	if m.lazy {
-		m.lazy = false
-		var version string
-		err := m.tx.QueryRowContext(m.ctx, sqlCurrentStateEvent, m.roomID, spec.MRoomMember, m.userID).Scan(&version, &m.memberJSON)
-		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			m.fail(err)
-		}
+	if m.target.named {
+		return m.target.displayName
 	}
-	if m.memberJSON == "" {
+	if m.target.memberJSON == "" {
 		return ""
 	}
-	return gjson.Get(m.memberJSON, "content.displayname").String()
+	return gjson.Get(m.target.memberJSON, "content.displayname").String()
 }
 
 // pushAccountData serves m.push_rules in /sync's account data merged with
