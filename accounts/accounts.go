@@ -52,6 +52,9 @@ type Accounts struct {
 	// dummyHash is checked against when the user does not exist.
 	dummyHash []byte
 
+	// sessions caches Authenticate's answers (sessioncache.go).
+	sessions *sessionCache
+
 	mu sync.Mutex
 	// lastSeen maps an access token hash to when (ms) its device's last-seen
 	// data was last written.
@@ -88,7 +91,7 @@ func New(ctx context.Context, db *storage.DB, opts Options) (*Accounts, error) {
 		bcryptCost: cost,
 		lifetime:   lifetime,
 		dummyHash:  dummy,
-		lastSeen:   make(map[string]int64),
+		lastSeen:   make(map[string]int64), sessions: newSessionCache(),
 	}, nil
 }
 
@@ -237,6 +240,7 @@ func (a *Accounts) SetPassword(ctx context.Context, localpart, password string) 
 
 func (a *Accounts) Deactivate(ctx context.Context, localpart string) error {
 	localpart = normalise(localpart)
+	defer a.sessions.invalidate()
 	return a.db.WithTx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, sqlDeactivateUser, localpart)
 		if err := mustAffect(res, err); err != nil {

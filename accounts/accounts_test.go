@@ -311,6 +311,9 @@ func TestRefresh(t *testing.T) {
 
 		// A refresh token dies with its device.
 		_, tok3 := mustDevice(t, a, "alice", NewDevice{Refreshable: true})
+		if _, err := a.Authenticate(ctx, tok3.AccessToken, ""); err != nil {
+			t.Fatal(err)
+		}
 		devs, _ := a.Devices(ctx, "alice")
 		var ids []string
 		for _, d := range devs {
@@ -319,6 +322,8 @@ func TestRefresh(t *testing.T) {
 		if err := a.DeleteDevices(ctx, "alice", ids); err != nil {
 			t.Fatal(err)
 		}
+		_, err = a.Authenticate(ctx, tok3.AccessToken, "")
+		wantErr(t, "access token of deleted device (used before)", err, ErrUnknownToken)
 		_, err = a.Refresh(ctx, tok3.RefreshToken)
 		wantErr(t, "refresh token of deleted device", err, ErrUnknownToken)
 	})

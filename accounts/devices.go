@@ -36,6 +36,7 @@ func (a *Accounts) CreateDevice(ctx context.Context, localpart string, nd NewDev
 	localpart = normalise(localpart)
 	var dev *Device
 	var tok issued
+	defer a.sessions.invalidate() // the upsert revokes an existing device's token
 	err := a.db.WithTx(ctx, func(tx *sql.Tx) error {
 		if err := lockAccount(ctx, tx, localpart); err != nil {
 			return err
@@ -74,6 +75,12 @@ func (a *Accounts) CreateDevice(ctx context.Context, localpart string, nd NewDev
 
 func (a *Accounts) Authenticate(ctx context.Context, accessToken, ip string) (*Session, error) {
 	hash := hashToken(accessToken)
+	now := storage.NowMillis()
+	if s, ok := a.sessions.get(hash, now); ok {
+		a.recordSeen(ctx, hash, ip, now)
+		return &s, nil
+	}
+	gen := a.sessions.generation()
 	var s Session
 	var expiresTS int64
 	var deactivated bool
@@ -88,10 +95,16 @@ func (a *Accounts) Authenticate(ctx context.Context, accessToken, ip string) (*S
 	if deactivated {
 		return nil, ErrUnknownToken
 	}
-	now := storage.NowMillis()
 	if expiresTS != 0 && now >= expiresTS {
 		return nil, ErrTokenExpired
 	}
+	a.sessions.put(hash, s, expiresTS, gen, now)
+	a.recordSeen(ctx, hash, ip, now)
+	return &s, nil
+}
+
+// recordSeen writes the device's last-seen data when it is due.
+func (a *Accounts) recordSeen(ctx context.Context, hash, ip string, now int64) {
 	if a.shouldRecordSeen(hash, now) {
 		// Last-seen data is informational: a failed write must not fail the
 		// request. Forget the mark so the next request tries again.
@@ -101,7 +114,6 @@ func (a *Accounts) Authenticate(ctx context.Context, accessToken, ip string) (*S
 			a.mu.Unlock()
 		}
 	}
-	return &s, nil
 }
 
 // shouldRecordSeen reports whether the last-seen data for a token is due to
@@ -137,6 +149,7 @@ func (a *Accounts) Refresh(ctx context.Context, refreshToken string) (Tokens, er
 	// only one matches. Deactivation deletes devices, so a refresh token
 	// of a deactivated account no longer matches anything.
 	var localpart string
+	defer a.sessions.invalidate()
 	err := a.db.Writer().QueryRowContext(ctx, sqlRefresh,
 		hashToken(refreshToken), tok.accessHash, tok.expiresTS, tok.refreshHash).Scan(&localpart)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -185,6 +198,7 @@ func (a *Accounts) SetDeviceDisplayName(ctx context.Context, localpart, deviceID
 
 func (a *Accounts) DeleteDevices(ctx context.Context, localpart string, deviceIDs []string) error {
 	localpart = normalise(localpart)
+	defer a.sessions.invalidate()
 	return a.db.WithTx(ctx, func(tx *sql.Tx) error {
 		for _, id := range deviceIDs {
 			if _, err := tx.ExecContext(ctx, sqlDeleteDevice, localpart, id); err != nil {
@@ -196,6 +210,7 @@ func (a *Accounts) DeleteDevices(ctx context.Context, localpart string, deviceID
 }
 
 func (a *Accounts) DeleteAllDevices(ctx context.Context, localpart, exceptDeviceID string) error {
+	defer a.sessions.invalidate()
 	_, err := a.db.Writer().ExecContext(ctx, sqlDeleteOtherDevices, normalise(localpart), exceptDeviceID)
 	return err
 }
