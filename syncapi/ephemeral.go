@@ -8,7 +8,6 @@ import (
 
 	"github.com/gorilla/mux"
 	"github.com/matrix-org/gomatrixserverlib/spec"
-	"github.com/tidwall/gjson"
 
 	"github.com/plexus-chat/plexus/internal/clientevent"
 	"github.com/plexus-chat/plexus/internal/eventfilter"
@@ -34,9 +33,8 @@ func (s *SyncAPI) requireJoined(ctx context.Context, roomID, userID string) erro
 
 // sqlJoinedRoomsWithMember lists the rooms the user is joined to, with
 // the position of the join and the member event (for the display name).
-const sqlJoinedRoomsWithMember = `SELECT s.room_id, s.pos, e.event_json FROM syncapi_current_state s
-	JOIN syncapi_events e ON e.event_id = s.event_id
-	WHERE s.type = 'm.room.member' AND s.state_key = $1 AND s.membership = 'join'`
+const sqlJoinedRoomsSince = `SELECT room_id, pos FROM syncapi_current_state
+	WHERE type = 'm.room.member' AND state_key = $1 AND membership = 'join'`
 
 // syncEphemeral fills typing notifications, receipts and unread counts of
 // joined rooms. A joined room whose only news is ephemeral gets an entry
@@ -51,12 +49,12 @@ func (s *SyncAPI) syncEphemeral(ctx context.Context, req *syncRequest, since Tok
 		roomFilter = &eventfilter.RoomFilter{}
 	}
 	return s.db.ReadTx(ctx, func(tx *sql.Tx) error {
-		displayNames, err := joinedRooms(ctx, tx, req.userID, next.PDU)
+		rooms, err := joinedRooms(ctx, tx, req.userID, next.PDU)
 		if err != nil {
 			return err
 		}
 		joined := map[string]bool{}
-		for roomID := range displayNames {
+		for roomID := range rooms {
 			if matchesRooms(roomFilter.Rooms, roomFilter.NotRooms, roomID) {
 				joined[roomID] = true
 			}
@@ -100,7 +98,7 @@ func (s *SyncAPI) syncEphemeral(ctx context.Context, req *syncRequest, since Tok
 		}
 		threads := roomFilter.Timeline != nil && roomFilter.Timeline.UnreadThreadNotifications
 		for roomID, jr := range resp.Rooms.Join {
-			u := unreadQuery{roomID: roomID, userID: req.userID, displayName: displayNames[roomID], marks: marks[roomID], to: next.PDU, cache: s.unread}
+			u := unreadQuery{roomID: roomID, userID: req.userID, marks: marks[roomID], to: next.PDU, cache: s.unread}
 			main, perThread, err := u.counts(ctx, tx, threads)
 			if err != nil {
 				return err
@@ -117,23 +115,22 @@ func (s *SyncAPI) syncEphemeral(ctx context.Context, req *syncRequest, since Tok
 	})
 }
 
-// joinedRooms maps the rooms the user was joined to as of position now to
-// their display name there.
-func joinedRooms(ctx context.Context, tx *sql.Tx, userID string, now int64) (map[string]string, error) {
-	rows, err := tx.QueryContext(ctx, sqlJoinedRoomsWithMember, userID)
+// joinedRooms lists the rooms the user was joined to as of position now.
+func joinedRooms(ctx context.Context, tx *sql.Tx, userID string, now int64) (map[string]bool, error) {
+	rows, err := tx.QueryContext(ctx, sqlJoinedRoomsSince, userID)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	out := map[string]string{}
+	out := map[string]bool{}
 	for rows.Next() {
-		var roomID, js string
+		var roomID string
 		var pos int64
-		if err := rows.Scan(&roomID, &pos, &js); err != nil {
+		if err := rows.Scan(&roomID, &pos); err != nil {
 			return nil, err
 		}
 		if pos <= now { // later joins come with the sync that carries them
-			out[roomID] = gjson.Get(js, "content.displayname").String()
+			out[roomID] = true
 		}
 	}
 	return out, rows.Err()

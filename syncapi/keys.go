@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"database/sql"
+	"math"
 	"sort"
 	"time"
 
@@ -78,10 +79,8 @@ func (s *SyncAPI) KeyChanges(ctx context.Context, userID, from, to string) ([]st
 const (
 	// sqlMemberChangesInJoinedRooms lists the membership changes in a
 	// window of the rooms the user is joined to now.
-	sqlMemberChangesInJoinedRooms = `SELECT DISTINCT e.state_key, e.membership FROM syncapi_current_state s
-		JOIN syncapi_events e ON e.room_id = s.room_id
-		WHERE s.type = 'm.room.member' AND s.state_key = $1 AND s.membership = 'join'
-		AND e.type = 'm.room.member' AND e.pos > $2 AND e.pos <= $3`
+	sqlMemberChangesInRoom = `SELECT DISTINCT state_key, membership FROM syncapi_events
+		WHERE room_id = $1 AND pos > $2 AND pos <= $3 AND type = 'm.room.member'`
 	sqlMyMembership = `SELECT membership FROM syncapi_current_state
 		WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2`
 )
@@ -111,7 +110,7 @@ func (s *SyncAPI) deviceListChanges(ctx context.Context, userID string, from, to
 			check[u] = true
 		}
 		if to.PDU > from.PDU {
-			if err := membershipCandidates(ctx, tx, userID, from.PDU, to.PDU, joined, check, gone); err != nil {
+			if err := s.membershipCandidates(ctx, tx, userID, from.PDU, to.PDU, joined, check, gone); err != nil {
 				return err
 			}
 		}
@@ -155,7 +154,7 @@ func (s *SyncAPI) deviceListChanges(ctx context.Context, userID string, from, to
 // membershipCandidates collects, from the membership changes in (from,
 // to], the users who now share a room with userID for sure (joined), who
 // may share a new one (check), and who may have stopped sharing (gone).
-func membershipCandidates(ctx context.Context, tx *sql.Tx, userID string, from, to int64, joined, check, gone map[string]bool) error {
+func (s *SyncAPI) membershipCandidates(ctx context.Context, tx *sql.Tx, userID string, from, to int64, joined, check, gone map[string]bool) error {
 	// Rooms the user joined or left: everyone in them is new, or may be gone.
 	rooms, err := queryStrings(ctx, tx, sqlMembershipChanges, userID, from, to)
 	if err != nil {
@@ -181,8 +180,31 @@ func membershipCandidates(ctx context.Context, tx *sql.Tx, userID string, from, 
 			}
 		}
 	}
-	// Others joining or leaving the rooms the user is in.
-	rows, err := tx.QueryContext(ctx, sqlMemberChangesInJoinedRooms, userID, from, to)
+	// Others joining or leaving the rooms the user is in: only rooms with
+	// events in the window can have any (roompositions.go).
+	in, err := joinedRooms(ctx, tx, userID, math.MaxInt64)
+	if err != nil {
+		return err
+	}
+	for roomID := range in {
+		latest, err := s.consumer.latest.latest(ctx, tx, roomID)
+		if err != nil {
+			return err
+		}
+		if latest <= from {
+			continue
+		}
+		if err := memberChangesInRoom(ctx, tx, roomID, userID, from, to, check, gone); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// memberChangesInRoom adds the room's members who joined in (from, to]
+// to check, and those who left to gone.
+func memberChangesInRoom(ctx context.Context, tx *sql.Tx, roomID, userID string, from, to int64, check, gone map[string]bool) error {
+	rows, err := tx.QueryContext(ctx, sqlMemberChangesInRoom, roomID, from, to)
 	if err != nil {
 		return err
 	}

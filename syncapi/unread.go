@@ -82,14 +82,13 @@ func (c unreadCounts) add(o unreadCounts) unreadCounts {
 }
 
 // unreadQuery counts one room's unread notifications for a user, up to
-// stream position to. (displayName is no longer used: push rules decided
-// mentions when the event arrived.) cache, when set, keeps the counts
-// between syncs (unreadcache.go).
+// stream position to. cache, when set, keeps the counts between syncs
+// (unreadcache.go).
 type unreadQuery struct {
-	roomID, userID, displayName string
-	marks                       readMarks
-	to                          int64
-	cache                       *unreadCache
+	roomID, userID string
+	marks          readMarks
+	to             int64
+	cache          *unreadCache
 }
 
 // counts returns the room's counts and, when threads is set, the counts
