@@ -62,8 +62,11 @@ type Sender struct {
 	rs     SenderRoomserver
 	store  senderStore
 	pos    int64 // stream position; only the consumer goroutine touches it
-	log    *logrus.Entry
-	policy retryPolicy
+	// stored is the position last written to the database, at storedAt.
+	stored   int64
+	storedAt time.Time
+	log      *logrus.Entry
+	policy   retryPolicy
 
 	mu     sync.Mutex
 	ctx    context.Context // set by Start; workers run under it
@@ -79,6 +82,10 @@ type Sender struct {
 	// fed is nil in unit tests.
 	fed *FederationAPI
 }
+
+// positionInterval is how often at most the sender stores its position
+// after events that went nowhere (see step).
+const positionInterval = time.Second
 
 // txnClient is the part of fclient.FederationClient the sender uses.
 type txnClient interface {
@@ -119,7 +126,7 @@ func newSender(ctx context.Context, self spec.ServerName, client txnClient, db *
 			return nil, err
 		}
 	}
-	s.pos = pos
+	s.pos, s.stored = pos, pos
 	return s, nil
 }
 
@@ -169,14 +176,18 @@ func (s *Sender) consume(ctx context.Context) {
 
 // step queues one batch of the stream and returns how many entries it
 // read. An event is queued together with the new position, so it is
-// queued once; the position after events that go nowhere (most of them:
-// other servers' events) is stored once per batch.
+// queued once. The position after events that go nowhere (most of them:
+// other servers' events, events of rooms without other servers) is
+// stored at most once per positionInterval: a write per event would take
+// the database's one writer just when the sync API needs it to deliver
+// the event. After a restart those few events are read again, and still
+// go nowhere unless a server joined their room meanwhile, which then
+// gets an event of the room it can take or ignore.
 func (s *Sender) step(ctx context.Context) (int, error) {
 	batch, err := s.rs.OutputSince(ctx, s.pos, 100)
 	if err != nil || len(batch) == 0 {
 		return 0, err
 	}
-	stored := s.pos
 	for _, out := range batch {
 		if s.memberLeft != nil {
 			if err := s.memberLeft(ctx, out); err != nil {
@@ -206,15 +217,16 @@ func (s *Sender) step(ctx context.Context) (int, error) {
 				s.log.WithError(err).WithField("event_id", out.Event.EventID()).Warn("cannot announce a joining user's device list")
 			}
 		}
-		s.pos, stored = out.Position, out.Position
+		s.pos, s.stored, s.storedAt = out.Position, out.Position, time.Now()
 		for _, d := range dests {
 			s.wake(d)
 		}
 	}
-	if s.pos != stored {
+	if s.pos != s.stored && time.Since(s.storedAt) >= positionInterval {
 		if err := s.store.setPosition(ctx, senderConsumer, s.pos); err != nil {
 			return 0, err
 		}
+		s.stored, s.storedAt = s.pos, time.Now()
 	}
 	return len(batch), nil
 }

@@ -69,6 +69,9 @@ type senderStream struct {
 	events  map[string]gomatrixserverlib.PDU
 	servers map[string][]string
 	wake    chan struct{}
+	// readUpTo is the furthest position the sender asked to read after:
+	// it has handled everything up to there.
+	readUpTo int64
 }
 
 func newSenderStream() *senderStream {
@@ -89,6 +92,7 @@ func (f *senderStream) add(pdus ...gomatrixserverlib.PDU) {
 func (f *senderStream) OutputSince(_ context.Context, pos int64, limit int) ([]rsapi.OutputEvent, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.readUpTo = max(f.readUpTo, pos)
 	if pos >= int64(len(f.out)) {
 		return nil, nil
 	}
@@ -492,6 +496,49 @@ func TestSenderEDUs(t *testing.T) {
 		}
 		if td := byType("other.test")["m.direct_to_device"]; len(td) != 1 || td[0].Get("messages.@dan:other\\.test.*.k").Int() != 2 {
 			t.Fatalf("to-device for other.test: %v", td)
+		}
+	})
+}
+
+// Events that go nowhere (other servers' events) do not each write the
+// sender's position; after a restart the few read again are still not
+// sent, and nothing is sent twice.
+func TestSenderStoresItsPositionLazilyAfterEventsThatGoNowhere(t *testing.T) {
+	storagetest.ForEach(t, func(t *testing.T, db *storage.DB) {
+		f := newSenderFixture(t, db)
+		f.send("first")
+		senderWait(t, "first delivery", func() bool { return len(f.remote.acceptedPDUs("remote.test")) == 1 })
+		carol := testroom.NewServer(t, "remote.test").User("carol")
+		f.room.Join(carol)
+		f.stream.add(f.room.Last())
+		for i := range 5 {
+			f.room.Send(carol, fmt.Sprint("carol ", i))
+			f.stream.add(f.room.Last())
+		}
+		var end int64
+		senderWait(t, "the sender to read carol's events", func() bool {
+			f.stream.mu.Lock()
+			defer f.stream.mu.Unlock()
+			end = int64(len(f.stream.out))
+			return f.stream.readUpTo >= end
+		})
+		stored, _, err := f.sender.store.position(context.Background(), senderConsumer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stored >= end {
+			t.Fatalf("position stored after each event that went nowhere (%d)", stored)
+		}
+		f.stop()
+		f.start()
+		f.send("after restart")
+		want := []string{"first", "after restart"}
+		senderWait(t, "delivery after restart", func() bool { return len(f.remote.acceptedPDUs("other.test")) >= len(want) })
+		time.Sleep(50 * time.Millisecond)
+		for _, dest := range []spec.ServerName{"remote.test", "other.test"} {
+			if got := f.remote.acceptedPDUs(dest); !slices.Equal(got, want) {
+				t.Fatalf("%s got %v, want %v", dest, got, want)
+			}
 		}
 	})
 }
