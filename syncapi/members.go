@@ -29,11 +29,14 @@ type localMembers struct {
 	// gens count each room's changes, so that a load that raced with a
 	// change is not kept.
 	gens map[string]uint64
+	// counts are rooms' joined member counts, local or not (push rules'
+	// room_member_count), dropped at every membership change.
+	counts map[string]int
 }
 
 func newLocalMembers(db *storage.DB, serverName string) *localMembers {
 	return &localMembers{db: db, suffix: ":" + serverName,
-		rooms: map[string]map[string]string{}, gens: map[string]uint64{}}
+		rooms: map[string]map[string]string{}, gens: map[string]uint64{}, counts: map[string]int{}}
 }
 
 func (m *localMembers) isLocal(userID string) bool {
@@ -119,6 +122,9 @@ func (m *localMembers) applied(out rsapi.OutputEvent) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.gens[out.RoomID]++
+	if isMember || !simpleMembershipChange(out) {
+		delete(m.counts, out.RoomID)
+	}
 	if !simpleMembershipChange(out) {
 		delete(m.rooms, out.RoomID)
 		return
@@ -163,4 +169,26 @@ func (m *localMembers) joinedAfter(ctx context.Context, out rsapi.OutputEvent) (
 		kept = append(kept, localMember{target, gjson.GetBytes(ev.Content(), "displayname").String()})
 	}
 	return kept, true, nil
+}
+
+// memberCount returns the room's joined member count, from load the
+// first time. The consumer calls it while storing an event; cacheable
+// says the event changes no membership, so that what load reads in the
+// consumer's transaction is the committed count. (The consumer is the
+// only caller and writer, so no change can slip in between.)
+func (m *localMembers) memberCount(roomID string, cacheable bool, load func() (int, error)) (int, error) {
+	m.mu.Lock()
+	n, ok := m.counts[roomID]
+	m.mu.Unlock()
+	if ok {
+		return n, nil
+	}
+	n, err := load()
+	if err != nil || !cacheable {
+		return n, err
+	}
+	m.mu.Lock()
+	m.counts[roomID] = n
+	m.mu.Unlock()
+	return n, nil
 }

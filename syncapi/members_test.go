@@ -147,3 +147,48 @@ func TestLocalMembersFollowMembership(t *testing.T) {
 		}
 	})
 }
+
+// Member counts for push rules are loaded once per room and dropped at
+// every membership change; an event that changes state does not fill
+// the cache.
+func TestMemberCountsDroppedAtMembershipChanges(t *testing.T) {
+	storagetest.ForEach(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		if err := db.Migrate(ctx, component, migrations); err != nil {
+			t.Fatal(err)
+		}
+		local := testroom.NewServer(t, "local.test")
+		alice, bob := local.User("alice"), local.User("bob")
+		r := testroom.New(t, "10", alice)
+		c, err := newConsumer(ctx, db, "local.test", roomEvents{r: r}, newNotifier())
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := &memberFeed{t: t, c: c}
+		for _, ev := range r.Events() {
+			f.putLinear(r, ev)
+		}
+		loads := 0
+		count := func(cacheable bool, n int) int {
+			got, err := c.members.memberCount(r.ID(), cacheable, func() (int, error) { loads++; return n, nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+			return got
+		}
+		if count(false, 1) != 1 || count(true, 1) != 1 || loads != 2 {
+			t.Fatalf("a count from a state-changing event was kept (%d loads)", loads)
+		}
+		if count(true, 99) != 1 || loads != 2 {
+			t.Fatal("the count was loaded again without a change")
+		}
+		f.putLinear(r, r.Send(alice, "hello").Last())
+		if count(true, 99) != 1 {
+			t.Fatal("a message dropped the count")
+		}
+		f.putLinear(r, r.Join(bob).Last())
+		if count(true, 2) != 2 || loads != 3 {
+			t.Fatalf("a join did not drop the count (%d loads)", loads)
+		}
+	})
+}

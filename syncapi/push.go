@@ -190,7 +190,8 @@ func (p *pushEvaluator) record(ctx context.Context, tx *sql.Tx, out rsapi.Output
 		return nil
 	}
 	event := pushrules.NewEvent(ev.JSON())
-	room := &pushRoom{ctx: ctx, tx: tx, roomID: out.RoomID, sender: sender, version: ev.Version(), members: -1}
+	room := &pushRoom{ctx: ctx, tx: tx, roomID: out.RoomID, sender: sender, version: ev.Version(), members: -1,
+		counts: members, countCacheable: len(out.AddsState) == 0 && len(out.RemovesState) == 0}
 	thread := ""
 	// The default rules never notify of a member event other than an
 	// invite of the user (.m.rule.suppress_notices, .m.rule.invite_for_me
@@ -319,6 +320,10 @@ type pushRoom struct {
 	err     error
 
 	members int // -1 until loaded
+	// counts, when set, keeps member counts between events; only an event
+	// that changes no state may fill it.
+	counts         *localMembers
+	countCacheable bool
 
 	powerLoaded bool
 	senderLevel int64
@@ -333,8 +338,19 @@ func (r *pushRoom) fail(err error) {
 
 func (r *pushRoom) MemberCount() int {
 	if r.members < 0 {
-		r.members = 0
-		if err := r.tx.QueryRowContext(r.ctx, sqlJoinedMemberCount, r.roomID).Scan(&r.members); err != nil {
+		load := func() (int, error) {
+			var n int
+			err := r.tx.QueryRowContext(r.ctx, sqlJoinedMemberCount, r.roomID).Scan(&n)
+			return n, err
+		}
+		var err error
+		if r.counts != nil {
+			r.members, err = r.counts.memberCount(r.roomID, r.countCacheable, load)
+		} else {
+			r.members, err = load()
+		}
+		if err != nil {
+			r.members = 0
 			r.fail(err)
 		}
 	}

@@ -371,3 +371,29 @@ func TestPushMemberEventsFollowChangedRules(t *testing.T) {
 		}
 	})
 }
+
+// The one-to-one rule (room_member_count == 2) follows the room's size:
+// a message in a room of two plays a sound, and once a third member
+// joins, the next message does not (the member count kept between
+// events is dropped at the join).
+func TestOneToOneRuleFollowsMemberCount(t *testing.T) {
+	testserver.ForEachDatabase(t, func(t *testing.T, s *testserver.Server) {
+		alice, bob, carol := s.Register("alice", "pw"), s.Register("bob", "pw"), s.Register("carol", "pw")
+		roomID := pushRoom(t, s, alice, bob)
+		first := pushText(t, s, alice, roomID, "just us", nil)
+		second := pushText(t, s, alice, roomID, "still us", nil)
+		s.MustOK("POST", "/_matrix/client/v3/join/"+url.PathEscape(roomID), carol.AccessToken, map[string]any{})
+		third := pushText(t, s, alice, roomID, "three of us", nil)
+		pushCounts(t, s, bob, roomID, third, "")
+		r, ids := notifications(t, s, bob, "")
+		if !sameIDs(ids, []string{third, second, first}) {
+			t.Fatalf("notifications %v, want %v", ids, []string{third, second, first})
+		}
+		sound := func(i int) bool {
+			return r.Get("notifications." + strconv.Itoa(i) + ".actions.#(set_tweak==sound)").Exists()
+		}
+		if !sound(2) || !sound(1) || sound(0) {
+			t.Fatalf("sound tweaks (newest first) %v %v %v: %s", sound(0), sound(1), sound(2), r.Get("notifications.#.actions").Raw)
+		}
+	})
+}
