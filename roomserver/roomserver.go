@@ -131,7 +131,9 @@ func scanEvent(row scanner) (*storedEvent, error) {
 	ev.before, ev.after = state.SnapshotNID(before), state.SnapshotNID(after)
 	ev.roomVersion = gomatrixserverlib.RoomVersion(ver)
 	var err error
-	ev.pdu, err = parsedPDUs.parse(ver, eventID, eventJSON, redacted)
+	ev.pdu, err = parsedPDUs.Parse(ver, eventID, eventJSON, redacted, func() (gomatrixserverlib.PDU, error) {
+		return parseStored(ver, eventID, eventJSON, redacted)
+	})
 	return &ev, err
 }
 

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/plexus-chat/plexus/internal/pducache"
+
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/tidwall/gjson"
@@ -733,13 +735,19 @@ func queryEvents(ctx context.Context, q interface {
 }
 
 func parseEvent(version, eventID, js string) (gomatrixserverlib.PDU, error) {
-	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
-	if err != nil {
-		return nil, err
-	}
 	redacted := gjson.Get(js, "unsigned.redacted_because").Exists()
-	return verImpl.NewEventFromTrustedJSONWithEventID(eventID, []byte(js), redacted)
+	return parsedEvents.Parse(version, eventID, js, redacted, func() (gomatrixserverlib.PDU, error) {
+		verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
+		if err != nil {
+			return nil, err
+		}
+		return verImpl.NewEventFromTrustedJSONWithEventID(eventID, []byte(js), redacted)
+	})
 }
+
+// parsedEvents keeps parsed stored events (internal/pducache): syncs and
+// history pages read the same recent events again and again.
+var parsedEvents = pducache.New(8192)
 
 type stateKeyTuple struct{ typ, key string }
 

@@ -424,21 +424,31 @@ func BenchmarkHTTPRoomFootprint(b *testing.B) {
 
 // BenchmarkHTTPDelivery measures what plexus-load's delivery phase does:
 // one user holds a /sync long-poll (the server has held it for 20 ms,
-// untimed), another sends a message into their room, and the operation
-// is the time from just before the PUT until the long-poll returns with
-// the message. put-ms is the PUT alone (median); p50-ms and p99-ms are
-// percentiles of the deliveries.
+// untimed), another sends a message into one of their rooms, and the
+// operation is the time from just before the PUT until the long-poll
+// returns with the message. The syncing user is in 1 room, or in 50 with
+// 20 messages each as in plexus-load. put-ms is the PUT alone (median);
+// p50-ms and p99-ms are percentiles of the deliveries.
 func BenchmarkHTTPDelivery(b *testing.B) {
+	for _, rooms := range []int{1, 50} {
+		b.Run(fmt.Sprintf("rooms=%d", rooms), func(b *testing.B) { benchDelivery(b, rooms) })
+	}
+}
+
+func benchDelivery(b *testing.B, rooms int) {
 	s, c := newServer(b)
 	sender := mustRegister(b, c, "sender")
 	syncer := mustRegister(b, c, "syncer")
-	roomID := mustCreateRoom(b, c, sender)
-	if err := c.Join(benchCtx, syncer, roomID); err != nil {
-		b.Fatal(err)
-	}
-	for range 20 {
-		if _, err := c.Send(benchCtx, sender, roomID); err != nil {
+	var roomID string
+	for range rooms {
+		roomID = mustCreateRoom(b, c, sender)
+		if err := c.Join(benchCtx, syncer, roomID); err != nil {
 			b.Fatal(err)
+		}
+		for range 20 {
+			if _, err := c.Send(benchCtx, sender, roomID); err != nil {
+				b.Fatal(err)
+			}
 		}
 	}
 	waitForSync(b, s)
@@ -473,4 +483,39 @@ func BenchmarkHTTPDelivery(b *testing.B) {
 	b.ReportMetric(float64(st.P99)/1e6, "p99-ms")
 	b.ReportMetric(float64(put.Stats().P50)/1e6, "put-ms")
 	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkHTTPMessages pages backwards through 2,000 messages with
+// /messages?dir=b&limit=50 as plexus-load's /messages phase does; the
+// operation is one page.
+func BenchmarkHTTPMessages(b *testing.B) {
+	s, c := newServer(b)
+	reader := mustRegister(b, c, "reader")
+	roomID := mustCreateRoom(b, c, reader)
+	err := Parallel(benchCtx, 2000, 8, func(ctx context.Context, i int) error {
+		_, err := c.SendText(ctx, reader, roomID, fmt.Sprintf("history %d", i))
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	waitForSync(b, s)
+	next, _, err := c.Sync(benchCtx, reader, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	from := next
+	b.ReportAllocs()
+	defer profile(b)()
+	for b.Loop() {
+		page, err := c.Messages(benchCtx, reader, roomID, from, 50)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(page.Chunk) == 0 || page.End == "" {
+			from = next // the start of the room: page from the newest end again
+			continue
+		}
+		from = page.End
+	}
 }

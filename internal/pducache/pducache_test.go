@@ -1,4 +1,4 @@
-package roomserver
+package pducache
 
 import (
 	"testing"
@@ -15,27 +15,38 @@ func TestPDUCacheFollowsStoredBytes(t *testing.T) {
 	alice := testroom.NewServer(t, "a.test").User("alice")
 	r := testroom.New(t, "10", alice)
 	msg := r.Send(alice, "secret").Last()
-	c := pduCache{entries: map[pduKey]gomatrixserverlib.PDU{}}
+	c := New(100)
+	parses := 0
+	parse := func(version, eventID, eventJSON string, redacted bool) (gomatrixserverlib.PDU, error) {
+		return c.Parse(version, eventID, eventJSON, redacted, func() (gomatrixserverlib.PDU, error) {
+			parses++
+			verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
+			if err != nil {
+				return nil, err
+			}
+			return verImpl.NewEventFromTrustedJSONWithEventID(eventID, []byte(eventJSON), redacted)
+		})
+	}
 
-	first, err := c.parse(string(msg.Version()), msg.EventID(), string(msg.JSON()), false)
+	first, err := parse(string(msg.Version()), msg.EventID(), string(msg.JSON()), false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := c.parse(string(msg.Version()), msg.EventID(), string(msg.JSON()), false)
+	again, err := parse(string(msg.Version()), msg.EventID(), string(msg.JSON()), false)
 	if err != nil || again != first {
 		t.Fatalf("second parse of the same row: %v, same PDU %v", err, again == first)
 	}
 
 	redactedJSON := `{"auth_events":[],"content":{},"depth":5,"hashes":{"sha256":"x"},"origin_server_ts":1,` +
 		`"prev_events":[],"room_id":"` + r.ID() + `","sender":"` + alice.ID() + `","signatures":{},"type":"m.room.message"}`
-	red, err := c.parse(string(msg.Version()), msg.EventID(), redactedJSON, true)
+	red, err := parse(string(msg.Version()), msg.EventID(), redactedJSON, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if red == first || !red.Redacted() || len(red.Content()) > 2 {
 		t.Fatalf("redacted row served %s (redacted %v)", red.Content(), red.Redacted())
 	}
-	if len(c.entries) != 2 {
-		t.Fatalf("%d entries, want 2", len(c.entries))
+	if c.Len() != 2 || parses != 2 {
+		t.Fatalf("%d entries and %d parses, want 2 of each", c.Len(), parses)
 	}
 }
