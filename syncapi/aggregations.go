@@ -39,6 +39,9 @@ const (
 		ORDER BY r.pos DESC LIMIT $4`
 	sqlReferencesOf = `SELECT parent_id, room_id, child_id, sender FROM syncapi_relations
 		WHERE rel_type = 'm.reference' AND NOT redacted AND parent_id IN (%s) ORDER BY pos`
+	// Which kinds of children the events have at all: most pages have
+	// few, and the query of a kind none has is skipped.
+	sqlRelTypesOf = `SELECT DISTINCT rel_type FROM syncapi_relations WHERE NOT redacted AND parent_id IN (%s)`
 )
 
 // aggregator computes the bundled aggregations of one response.
@@ -85,13 +88,27 @@ func (a *aggregator) aggregate(ctx context.Context, events []gomatrixserverlib.P
 		out[id][relType] = v
 	}
 
-	threads, err := a.threads(ctx, parents, ids)
-	if err != nil {
+	kinds := map[string]bool{}
+	err := a.queryIn(ctx, sqlRelTypesOf, ids, func(scan func(...any) error) error {
+		var relType string
+		err := scan(&relType)
+		kinds[relType] = true
+		return err
+	})
+	if err != nil || !(kinds[relThread] || kinds[relReplace] || kinds[relReference]) {
 		return nil, err
 	}
-	edits, err := a.edits(ctx, parents, ids)
-	if err != nil {
-		return nil, err
+	var threads map[string]*threadSummary
+	if kinds[relThread] {
+		if threads, err = a.threads(ctx, parents, ids); err != nil {
+			return nil, err
+		}
+	}
+	var edits map[string]gomatrixserverlib.PDU
+	if kinds[relReplace] {
+		if edits, err = a.edits(ctx, parents, ids); err != nil {
+			return nil, err
+		}
 	}
 	// The events shown inside aggregations, loaded and checked against
 	// history visibility together.
@@ -155,9 +172,11 @@ func (a *aggregator) aggregate(ctx context.Context, events []gomatrixserverlib.P
 			set(parent, relReplace, clientevent.Format(ev, a.opts))
 		}
 	}
-	refs, err := a.references(ctx, parents, ids)
-	if err != nil {
-		return nil, err
+	var refs map[string][]map[string]string
+	if kinds[relReference] {
+		if refs, err = a.references(ctx, parents, ids); err != nil {
+			return nil, err
+		}
 	}
 	for parent, chunk := range refs {
 		set(parent, relReference, map[string]any{"chunk": chunk})
