@@ -356,6 +356,11 @@ type RemoteInputter interface {
 	// (events stored first with InputOutliers): the event of a join through
 	// another server, or an event after a gap that could not be filled.
 	InputEventWithState(ctx context.Context, pdu gomatrixserverlib.PDU, state []gomatrixserverlib.PDU) (InputResult, error)
+	// InputRejectedEvent stores an event that failed the auth rules at its
+	// auth events as rejected (never served nor part of a state), so that
+	// later events may still cite it as a prev event: at the state after
+	// its prev events when known, else without state.
+	InputRejectedEvent(ctx context.Context, pdu gomatrixserverlib.PDU, reason string) error
 }
 
 // ---- Reading rooms as another server: the federation read endpoints
@@ -433,6 +438,10 @@ type FederationInputQuerier interface {
 	// rejected, of another room, listed twice for one type and state key,
 	// or not one the auth events selection names; or the rules refuse it).
 	CheckAuthEvents(ctx context.Context, pdu gomatrixserverlib.PDU) (missing []string, err error)
+	// MissingPrevEvents returns the event's prev events whose state is not
+	// known (unknown, outliers, rejected without state): the gap
+	// InputRemoteEvent would report.
+	MissingPrevEvents(ctx context.Context, pdu gomatrixserverlib.PDU) ([]string, error)
 }
 
 // ---- Membership handshakes with other servers: make_join/send_join,
