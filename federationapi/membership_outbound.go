@@ -324,6 +324,7 @@ func (m *Membership) joinVia(ctx context.Context, server spec.ServerName, roomID
 	if err != nil {
 		return err
 	}
+	m.handedTo(ours, server)
 	// The other server counts the user as joined now: finish even if the
 	// client gives up waiting.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), memJoinProcessingTimeout)
@@ -520,6 +521,7 @@ func (m *Membership) leaveVia(ctx context.Context, server spec.ServerName, roomI
 	if err != nil {
 		return err
 	}
+	m.handedTo(leave, server)
 	return m.rs.InputOutOfBandMembership(ctx, leave)
 }
 
@@ -560,6 +562,7 @@ func (m *Membership) knockVia(ctx context.Context, server spec.ServerName, roomI
 	if err := m.call(ctx, http.MethodPut, server, "/_matrix/federation/v1/send_knock/"+tail, json.RawMessage(knock.JSON()), memMaxTemplateBytes, &resp); err != nil {
 		return err
 	}
+	m.handedTo(knock, server)
 	stripped, err := m.strippedState(ctx, roomID, knock.Version(), resp.KnockRoomState)
 	if err != nil {
 		// The knock is made; only its description of the room is bad.

@@ -79,6 +79,8 @@ type Sender struct {
 	memberLeft func(ctx context.Context, out rsapi.OutputEvent) error
 	// fed is nil in unit tests.
 	fed *FederationAPI
+	// handed are our events servers took in a membership handshake.
+	handed handedEvents
 }
 
 // txnClient is the part of fclient.FederationClient the sender uses.
@@ -193,8 +195,9 @@ func (s *Sender) step(ctx context.Context) (int, error) {
 			continue
 		}
 		queued := map[spec.ServerName][]string{}
+		handed := s.handedTo(out.Event.EventID())
 		for _, d := range dests {
-			if !signedBy(out.Event, d) {
+			if d != handed && !signedBy(out.Event, d) {
 				queued[d] = []string{out.Event.EventID()}
 			}
 		}

@@ -517,3 +517,21 @@ func TestSenderSkipsServersThatSignedTheEvent(t *testing.T) {
 		}
 	})
 }
+
+// An event a server took in a membership handshake (our join through
+// it) is not sent to it again; the room's other servers get it.
+func TestSenderSkipsTheServerAnEventWasHandedTo(t *testing.T) {
+	storagetest.ForEach(t, func(t *testing.T, db *storage.DB) {
+		f := newSenderFixture(t, db)
+		f.room.Send(f.alice, "handed over")
+		f.sender.HandedTo(f.room.Last().EventID(), "remote.test")
+		f.stream.add(f.room.Last())
+		f.send("after")
+		senderWait(t, "delivery", func() bool {
+			return len(f.remote.acceptedPDUs("other.test")) == 2 && len(f.remote.acceptedPDUs("remote.test")) >= 1
+		})
+		if got := f.remote.acceptedPDUs("remote.test"); !slices.Equal(got, []string{"after"}) {
+			t.Fatalf("remote.test got %v, want only the event it was not handed", got)
+		}
+	})
+}
