@@ -1,7 +1,6 @@
 package federationapi
 
 import (
-	"slices"
 	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -41,18 +40,12 @@ func (s *Sender) HandedTo(eventID string, server spec.ServerName) {
 	}
 }
 
-// handedTo reports whether the event was handed to the server; the
-// stream brings each event once, so the record goes once read.
+// handedTo returns the server an event was handed to, if any. The
+// record stays (an event may come through the stream more than once)
+// until newer ones push it out.
 func (s *Sender) handedTo(eventID string) spec.ServerName {
 	h := &s.handed
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	server, ok := h.to[eventID]
-	if ok {
-		delete(h.to, eventID)
-		if i := slices.Index(h.order, eventID); i >= 0 {
-			h.order = slices.Delete(h.order, i, i+1)
-		}
-	}
-	return server
+	return h.to[eventID]
 }
