@@ -321,6 +321,21 @@ func TestRestrictedJoinAuthorisedByResidentServer(t *testing.T) {
 		}
 		verifySignedBy(t, mtRedacted(t, ev.PDU), a.ServerName(), a.Server.Key.ID, publicKey(a))
 	}
+
+	// A profile change (join to join) naming an authoriser, as clients
+	// may copy the key over: the key means nothing there, and A, which
+	// checks the named server's signature on joins, still takes it. So it
+	// takes bob's leave after it.
+	b.MustOK("PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(restricted)+"/state/m.room.member/"+url.PathEscape(bob.UserID), bob.AccessToken,
+		map[string]any{"membership": "join", "displayname": "Bobby", "join_authorised_via_users_server": "unused"})
+	b.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(restricted)+"/leave", bob.AccessToken, map[string]any{})
+	deadline := time.Now().Add(10 * time.Second)
+	for mtMembership(t, a, restricted, bob.UserID) != "leave" {
+		if time.Now().After(deadline) {
+			t.Fatalf("A never took bob's leave after his profile change")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func mtRedacted(t *testing.T, ev gomatrixserverlib.PDU) []byte {
