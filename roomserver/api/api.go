@@ -23,7 +23,13 @@ var (
 
 // NotAllowedError is an event refused by the auth rules; Reason is
 // written for people.
-type NotAllowedError struct{ Reason string }
+type NotAllowedError struct {
+	Reason string
+	// NoLocalAuthoriser: a restricted join the user qualifies for, that no
+	// member of the room on this server may authorise (another resident
+	// server may: the client API then joins through it).
+	NoLocalAuthoriser bool
+}
 
 func (e *NotAllowedError) Error() string { return "not allowed: " + e.Reason }
 
@@ -297,7 +303,7 @@ type MembershipAPI interface {
 	// returns "" when the join needs none (other join rules, or the user is
 	// invited or joined). *NotAllowedError when the user is joined to none
 	// of the rooms the join rules allow, or no local member can authorise
-	// the join; ErrRoomNotFound.
+	// the join (NoLocalAuthoriser set); ErrRoomNotFound.
 	JoinAuthoriser(ctx context.Context, roomID, userID string) (string, error)
 	// ForgetRoom records that the user forgot a room they have left or
 	// been banned from, until their membership next changes (rejoining, a
