@@ -66,6 +66,9 @@ func (h *TransactionHandler) processPDU(ctx context.Context, origin spec.ServerN
 	if err := h.verify(ctx, pdu); err != nil {
 		return err
 	}
+	if handled, err := h.outOfBandEnd(ctx, origin, pdu); handled {
+		return err
+	}
 	return h.input(ctx, origin, pdu, gaps)
 }
 

@@ -1,0 +1,52 @@
+package federationapi_test
+
+import (
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/plexus-chat/plexus/internal/testserver"
+)
+
+// A knock refused and an invite withdrawn by the room reach the server of
+// the user, which is not in the room: it takes the leave out of band, as
+// it took the knock and the invite, and the user sees it and may knock
+// again.
+func TestRefusedKnockAndWithdrawnInviteReachTheUsersServer(t *testing.T) {
+	servers := testserver.NewFederated(t, 2)
+	a, b := servers[0], servers[1]
+	alice := a.Register("alice", "password")
+	bob := b.Register("bob", "password")
+	carol := b.Register("carol", "password")
+	room := mtCreateRoom(t, a, alice, map[string]any{"room_version": "10",
+		"initial_state": []map[string]any{{"type": "m.room.join_rules", "state_key": "", "content": map[string]string{"join_rule": "knock"}}}})
+	knock := func() {
+		t.Helper()
+		b.MustOK("POST", "/_matrix/client/v3/knock/"+url.PathEscape(room)+"?via="+url.QueryEscape(a.ServerName()), bob.AccessToken, map[string]any{})
+	}
+	waitMembership := func(s *testserver.Server, userID, want string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for mtMembership(t, s, room, userID) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never saw %s as %s: %s", s.ServerName(), userID, want, mtMembership(t, s, room, userID))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	knock()
+	a.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/kick", alice.AccessToken, map[string]any{"user_id": bob.UserID, "reason": "not now"})
+	waitMembership(b, bob.UserID, "leave")
+	mtWaitSync(t, b, bob, "the end of the knock", func(r gjson.Result) bool {
+		return !r.Get("rooms.knock." + gjson.Escape(room)).Exists()
+	})
+	knock()
+	waitMembership(a, bob.UserID, "knock")
+
+	a.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/invite", alice.AccessToken, map[string]any{"user_id": carol.UserID})
+	waitMembership(b, carol.UserID, "invite")
+	a.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/kick", alice.AccessToken, map[string]any{"user_id": carol.UserID})
+	waitMembership(b, carol.UserID, "leave")
+}
