@@ -1,10 +1,12 @@
 package federationapi_test
 
 import (
+	"context"
 	"net/url"
 	"testing"
 	"time"
 
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/tidwall/gjson"
 
 	"github.com/plexus-chat/plexus/internal/testserver"
@@ -39,6 +41,37 @@ func TestRefusedKnockAndWithdrawnInviteReachTheUsersServer(t *testing.T) {
 	knock()
 	a.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/kick", alice.AccessToken, map[string]any{"user_id": bob.UserID, "reason": "not now"})
 	waitMembership(b, bob.UserID, "leave")
+	// B, not in the room, may read the event about its user and its auth
+	// chain, though none of the room's history.
+	kickID, err := a.Server.Roomserver.Membership(context.Background(), room, bob.UserID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{
+		"/_matrix/federation/v1/event/" + url.PathEscape(kickID.EventID),
+		"/_matrix/federation/v1/event_auth/" + url.PathEscape(room) + "/" + url.PathEscape(kickID.EventID),
+	} {
+		resp, err := b.Server.Federation.DoSigned(context.Background(), "GET", spec.ServerName(a.ServerName()), path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d", path, resp.StatusCode)
+		}
+	}
+	create, err := a.Server.Roomserver.CurrentStateEvent(context.Background(), room, "m.room.create", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := b.Server.Federation.DoSigned(context.Background(), "GET", spec.ServerName(a.ServerName()), "/_matrix/federation/v1/event/"+url.PathEscape(create.EventID()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 403 {
+		t.Fatalf("the room's create event: %d, want 403", resp.StatusCode)
+	}
 	mtWaitSync(t, b, bob, "the end of the knock", func(r gjson.Result) bool {
 		return !r.Get("rooms.knock." + gjson.Escape(room)).Exists()
 	})
