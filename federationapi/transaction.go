@@ -409,7 +409,7 @@ func (h *TransactionHandler) parsePDU(ctx context.Context, raw json.RawMessage) 
 		p.eventID, p.err = bestEffortEventID(raw, ""), pduErrorf("Unsupported room version %s", version)
 		return p
 	}
-	pdu, err := verImpl.NewEventFromUntrustedJSON(raw)
+	pdu, err := parseUntrusted(verImpl, raw)
 	if err != nil {
 		p.eventID, p.err = bestEffortEventID(raw, version), pduErrorf("Invalid event: %v", err)
 		return p

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/tidwall/gjson"
@@ -72,4 +73,21 @@ func TestInboundGapEdgeAtFetchedState(t *testing.T) {
 		evs := r.Get("rooms.join." + gjson.Escape(room.ID()) + ".timeline.events").Array()
 		return len(evs) > 0 && evs[len(evs)-1].Get("content.body").Str == "last"
 	})
+}
+
+// An event of an older room version whose state key is over 255 bytes but
+// not 255 code points (which those versions counted) is kept when a gap
+// brings it, as the servers that made it did.
+func TestInboundGapWithLongStateKeyInOldRoomVersion(t *testing.T) {
+	x := newTxFixture(t, "10")
+	room, carol := x.room, x.carol
+	breaker := room.SetState(carol, "my.room.breaker", strings.Repeat("💥", 70), map[string]any{}, testroom.Lenient()).Last()
+	after := room.Send(carol, "after the breaker").Last()
+	x.accepted(x.send(after), after)
+	if !x.stored(breaker.EventID()) {
+		t.Fatal("the event with the long state key was not stored")
+	}
+	if x.f.count("state_ids") != 0 {
+		t.Fatalf("the gap was not filled by /get_missing_events: %v", x.f.calls)
+	}
 }

@@ -242,7 +242,7 @@ func (h *TransactionHandler) verifyEvents(ctx context.Context, roomID string, ve
 	var out []gomatrixserverlib.PDU
 	seen := map[string]bool{}
 	for _, raw := range raws {
-		ev, err := verImpl.NewEventFromUntrustedJSON(raw)
+		ev, err := parseUntrusted(verImpl, raw)
 		if err != nil {
 			return nil, pduErrorf("A fetched event is invalid: %v", err)
 		}
