@@ -78,8 +78,24 @@ func TestRefusedKnockAndWithdrawnInviteReachTheUsersServer(t *testing.T) {
 	knock()
 	waitMembership(a, bob.UserID, "knock")
 
+	// An invite: only its inviter withdraws it this way. Amy, who did not
+	// invite carol, kicks her first: B keeps the invite.
+	amy := a.Register("amy", "password")
+	a.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/invite", alice.AccessToken, map[string]any{"user_id": amy.UserID})
+	a.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/join", amy.AccessToken, map[string]any{})
+	a.MustOK("PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/state/m.room.power_levels/", alice.AccessToken,
+		map[string]any{"users": map[string]int{alice.UserID: 100, amy.UserID: 50}})
 	a.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/invite", alice.AccessToken, map[string]any{"user_id": carol.UserID})
 	waitMembership(b, carol.UserID, "invite")
+	a.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/kick", amy.AccessToken, map[string]any{"user_id": carol.UserID})
+	waitMembership(a, carol.UserID, "leave")
+	for range 40 { // A sends amy's kick at once; B must not take it
+		if m := mtMembership(t, b, room, carol.UserID); m != "invite" {
+			t.Fatalf("B took a kick by someone other than the inviter: %s", m)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	a.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/invite", alice.AccessToken, map[string]any{"user_id": carol.UserID})
 	a.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/kick", alice.AccessToken, map[string]any{"user_id": carol.UserID})
 	waitMembership(b, carol.UserID, "leave")
 }

@@ -18,7 +18,8 @@ import (
 // event about our user, as the sender does for the server of the user a
 // membership event is about. We take it out of band too, as we take
 // invites: it is signed by the origin, whose user sent it, and can only
-// end our user's pending membership.
+// end our user's pending membership; an invite only its inviter may
+// withdraw.
 
 // outOfBandEnd takes a leave or ban of a local user whose invite or knock
 // we hold out of band in a room none of our users is joined to. handled
@@ -39,6 +40,18 @@ func (h *TransactionHandler) outOfBandEnd(ctx context.Context, origin spec.Serve
 	servers, err := h.rs.ResidentServers(ctx, roomID)
 	if err != nil || slices.Contains(servers, string(h.self)) {
 		return false, nil
+	}
+	if current.Membership == spec.Invite {
+		// Only the inviter withdraws an invite this way: another member
+		// could be anyone the room's server vouches for (Complement's
+		// "Non-invitee user cannot rescind invite over federation").
+		invite, err := h.rs.StoredEvents(ctx, []string{current.EventID})
+		if err != nil {
+			return true, h.outcome(rsapi.InputResult{}, err, pdu)
+		}
+		if ev := invite[current.EventID]; ev == nil || ev.SenderID() != pdu.SenderID() {
+			return true, pduErrorf("Only the inviter may withdraw an invite to a room this server is not in")
+		}
 	}
 	if err := h.rs.InputOutOfBandMembership(ctx, pdu); err != nil {
 		return true, h.outcome(rsapi.InputResult{}, err, pdu)
