@@ -360,17 +360,20 @@ func powerLevels(creator, preset string, creatorsUnlisted bool, invitees []strin
 }
 
 // presetEvents are the join rules, history visibility and guest access a
-// preset sets.
+// preset sets. public_chat's guest access, forbidden, is what a room
+// without an m.room.guest_access event has (the event's definition), so
+// no event is sent for it: other servers do not, and Complement counts
+// the events of such a room (TestInboundCanReturnMissingEvents).
 func presetEvents(preset string) []rsapi.StateEvent {
-	joinRule, guestAccess := spec.Invite, "can_join"
-	if preset == presetPublic {
-		joinRule, guestAccess = spec.Public, "forbidden"
-	}
-	return []rsapi.StateEvent{
-		{Type: spec.MRoomJoinRules, Content: map[string]string{"join_rule": joinRule}},
+	events := []rsapi.StateEvent{
+		{Type: spec.MRoomJoinRules, Content: map[string]string{"join_rule": spec.Invite}},
 		{Type: spec.MRoomHistoryVisibility, Content: map[string]string{"history_visibility": "shared"}},
-		{Type: spec.MRoomGuestAccess, Content: map[string]string{"guest_access": guestAccess}},
 	}
+	if preset == presetPublic {
+		events[0].Content = map[string]string{"join_rule": spec.Public}
+		return events
+	}
+	return append(events, rsapi.StateEvent{Type: spec.MRoomGuestAccess, Content: map[string]string{"guest_access": "can_join"}})
 }
 
 // topicContent is an m.room.topic content with the text/plain

@@ -198,6 +198,12 @@ func (a *API) join(w http.ResponseWriter, r *http.Request, s *accounts.Session, 
 			}
 		}
 		authoriser, err := a.rooms.JoinAuthoriser(ctx, roomID, userID)
+		var na *rsapi.NotAllowedError
+		if errors.As(err, &na) && na.NoLocalAuthoriser && a.remoteMembership() != nil && !s.IsGuest {
+			// The user qualifies but no one here may let them in: another
+			// resident server may (client-server API, restricted rooms).
+			return a.joinThroughOtherResidents(w, r, s, roomID, servers, body, na)
+		}
 		if err != nil {
 			return roomError(err)
 		}
@@ -214,6 +220,28 @@ func (a *API) join(w http.ResponseWriter, r *http.Request, s *accounts.Session, 
 		}
 	}
 	// Joining a room one is in already changes nothing.
+	httputil.WriteJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+	return nil
+}
+
+// joinThroughOtherResidents joins a room this server is in through the
+// other servers in it (make_join, send_join), for a restricted join only
+// they can authorise.
+func (a *API) joinThroughOtherResidents(w http.ResponseWriter, r *http.Request, s *accounts.Session, roomID string, servers []string, body joinBody, local *rsapi.NotAllowedError) error {
+	ctx := r.Context()
+	userID := a.userID(s.Localpart)
+	content, err := a.ownMemberContent(ctx, s.Localpart, spec.Join, body.Reason)
+	if err != nil {
+		return err
+	}
+	err = a.remoteMembership().JoinRemoteRoom(ctx, roomID, userID, servers, body.withExtra(content))
+	var he *httputil.Error
+	if errors.As(err, &he) && he.Status == http.StatusNotFound {
+		return roomError(local) // no other server in the room
+	}
+	if err != nil {
+		return roomError(err)
+	}
 	httputil.WriteJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 	return nil
 }

@@ -2,6 +2,7 @@ package clientapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 
 	"github.com/plexus-chat/plexus/accounts"
@@ -182,6 +184,11 @@ func (a *API) putState(w http.ResponseWriter, r *http.Request, s *accounts.Sessi
 			return err
 		}
 	}
+	if eventType == spec.MRoomMember {
+		if content, err = a.dropJoinAuthoriserOfRejoin(r.Context(), roomID, stateKey, content); err != nil {
+			return err
+		}
+	}
 	pdu, err := a.rooms.SendEvent(r.Context(), rsapi.NewEvent{
 		RoomID: roomID, Sender: a.userID(s.Localpart), Type: eventType, StateKey: &stateKey, Content: content,
 	})
@@ -190,6 +197,26 @@ func (a *API) putState(w http.ResponseWriter, r *http.Request, s *accounts.Sessi
 	}
 	writeEventID(w, pdu)
 	return nil
+}
+
+// dropJoinAuthoriserOfRejoin removes join_authorised_via_users_server from
+// a join of a user who is joined already (a profile change): the key only
+// means something on a transition to join, and other servers check the
+// signature of the server it names, so a stale or invalid value would
+// get the event refused there.
+func (a *API) dropJoinAuthoriserOfRejoin(ctx context.Context, roomID, userID string, content json.RawMessage) (json.RawMessage, error) {
+	if !gjson.GetBytes(content, "join_authorised_via_users_server").Exists() || gjson.GetBytes(content, "membership").Str != spec.Join {
+		return content, nil
+	}
+	current, err := a.rooms.Membership(ctx, roomID, userID)
+	if err != nil || current.Membership != spec.Join {
+		return content, nil // the roomserver answers for unknown rooms
+	}
+	out, err := sjson.DeleteBytes(content, "join_authorised_via_users_server")
+	if err != nil {
+		return nil, httputil.BadJSON("content cannot be read")
+	}
+	return out, nil
 }
 
 // stateParams returns the event type and state key of a state path.

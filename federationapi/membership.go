@@ -66,6 +66,16 @@ type MembershipUserExists func(ctx context.Context, localpart string) (bool, err
 // servers: the federation sender's SendEventToRoom.
 type MembershipForwarder interface {
 	SendEventToRoom(ctx context.Context, pdu gomatrixserverlib.PDU, except ...spec.ServerName) error
+	// HandedTo records that a server took our event in a handshake: it
+	// has it and passes it on, so it is not sent to it again.
+	HandedTo(eventID string, server spec.ServerName)
+}
+
+// handedTo tells the forwarder that server took our event in a handshake.
+func (m *Membership) handedTo(pdu gomatrixserverlib.PDU, server spec.ServerName) {
+	if m.forwarder != nil {
+		m.forwarder.HandedTo(pdu.EventID(), server)
+	}
 }
 
 // Membership serves and makes the membership handshakes.

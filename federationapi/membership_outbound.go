@@ -162,8 +162,11 @@ func (m *Membership) ServerInRoom(ctx context.Context, roomID string) (bool, err
 // candidateServers lists the servers to try for a handshake about a room
 // this server is not in: those the client named, then those the user's
 // invite or knock points at (its sender's, the senders of its stripped
-// state), the server in the room ID (before room version 12), and the
-// servers joined in whatever state we have of the room. Ours and invalid
+// state), and, only when the client named none (but ours), the server in
+// the room ID (before room version 12) and the servers joined in whatever
+// state we have of the room: a client that names servers means those
+// (the spec's via; Complement's restricted join fail-over expects a join
+// through a server that cannot authorise it to fail). Ours and invalid
 // names are left out; at most memMaxJoinServers.
 func (m *Membership) candidateServers(ctx context.Context, roomID, userID string, given []string) []spec.ServerName {
 	var out []spec.ServerName
@@ -186,6 +189,9 @@ func (m *Membership) candidateServers(ctx context.Context, roomID, userID string
 				add(s)
 			}
 		}
+	}
+	if namedOthers(given, m.fed.ServerName()) {
+		return out
 	}
 	add(memRoomIDServer(roomID))
 	if servers, err := m.rs.ResidentServers(ctx, roomID); err == nil {
@@ -288,6 +294,18 @@ func (m *Membership) JoinRemoteRoom(ctx context.Context, roomID, userID string, 
 	return nil
 }
 
+// namedOthers reports whether the client named a server other than ours.
+func namedOthers(given []string, self spec.ServerName) bool {
+	for _, s := range given {
+		if spec.ServerName(s) != self {
+			if _, _, ok := spec.ParseAndValidateServerName(spec.ServerName(s)); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // memSendJoinResponse is the answer to send_join.
 type memSendJoinResponse struct {
 	State          []json.RawMessage `json:"state"`
@@ -324,6 +342,7 @@ func (m *Membership) joinVia(ctx context.Context, server spec.ServerName, roomID
 	if err != nil {
 		return err
 	}
+	m.handedTo(ours, server)
 	// The other server counts the user as joined now: finish even if the
 	// client gives up waiting.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), memJoinProcessingTimeout)
@@ -520,6 +539,7 @@ func (m *Membership) leaveVia(ctx context.Context, server spec.ServerName, roomI
 	if err != nil {
 		return err
 	}
+	m.handedTo(leave, server)
 	return m.rs.InputOutOfBandMembership(ctx, leave)
 }
 
@@ -560,6 +580,7 @@ func (m *Membership) knockVia(ctx context.Context, server spec.ServerName, roomI
 	if err := m.call(ctx, http.MethodPut, server, "/_matrix/federation/v1/send_knock/"+tail, json.RawMessage(knock.JSON()), memMaxTemplateBytes, &resp); err != nil {
 		return err
 	}
+	m.handedTo(knock, server)
 	stripped, err := m.strippedState(ctx, roomID, knock.Version(), resp.KnockRoomState)
 	if err != nil {
 		// The knock is made; only its description of the room is bad.

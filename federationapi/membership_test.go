@@ -321,6 +321,21 @@ func TestRestrictedJoinAuthorisedByResidentServer(t *testing.T) {
 		}
 		verifySignedBy(t, mtRedacted(t, ev.PDU), a.ServerName(), a.Server.Key.ID, publicKey(a))
 	}
+
+	// A profile change (join to join) naming an authoriser, as clients
+	// may copy the key over: the key means nothing there, and A, which
+	// checks the named server's signature on joins, still takes it. So it
+	// takes bob's leave after it.
+	b.MustOK("PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(restricted)+"/state/m.room.member/"+url.PathEscape(bob.UserID), bob.AccessToken,
+		map[string]any{"membership": "join", "displayname": "Bobby", "join_authorised_via_users_server": "unused"})
+	b.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(restricted)+"/leave", bob.AccessToken, map[string]any{})
+	deadline := time.Now().Add(10 * time.Second)
+	for mtMembership(t, a, restricted, bob.UserID) != "leave" {
+		if time.Now().After(deadline) {
+			t.Fatalf("A never took bob's leave after his profile change")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func mtRedacted(t *testing.T, ev gomatrixserverlib.PDU) []byte {
@@ -499,6 +514,69 @@ func TestJoinRoomWithMembersOfServersThatAreDown(t *testing.T) {
 	for _, u := range []string{alice.UserID, bob.UserID, carol.UserID} {
 		if !joined.Get("joined." + gjson.Escape(u)).Exists() {
 			t.Errorf("joined_members on carol's server lacks %s: %s", u, joined)
+		}
+	}
+}
+
+// Restricted joins only another server can authorise: a server that
+// cannot (no member of it may invite) refuses, a join naming only it
+// fails and one naming the authorising server too succeeds through it;
+// and a user of the server that cannot, which is in the room already,
+// joins through the one that can.
+func TestRestrictedJoinThroughAnotherResident(t *testing.T) {
+	servers := testserver.NewFederated(t, 3)
+	a, b, c := servers[0], servers[1], servers[2]
+	alice := a.Register("alice", "password")
+	bob := b.Register("bob", "password")
+	dave := b.Register("dave", "password")
+	carl := c.Register("carl", "password")
+	space := mtCreateRoom(t, a, alice, map[string]any{"preset": "public_chat", "room_version": "10"})
+	restricted := mtCreateRoom(t, a, alice, map[string]any{"room_version": "10", "initial_state": []map[string]any{{
+		"type": "m.room.join_rules", "state_key": "",
+		"content": map[string]any{"join_rule": "restricted", "allow": []map[string]string{{"type": "m.room_membership", "room_id": space}}},
+	}}, "power_level_content_override": map[string]any{"invite": 100}})
+	viaA := "?via=" + url.QueryEscape(a.ServerName())
+	viaB := "?via=" + url.QueryEscape(b.ServerName())
+	join := func(s *testserver.Server, u *testserver.User, roomID, via string) {
+		t.Helper()
+		s.MustOK("POST", "/_matrix/client/v3/join/"+url.PathEscape(roomID)+via, u.AccessToken, map[string]any{})
+	}
+	join(b, bob, space, viaA)
+	join(b, bob, restricted, viaA)
+	join(c, carl, space, viaA)
+
+	// B is in the room, but bob may not invite: B cannot authorise carl.
+	c.ExpectError(400, "M_UNABLE_TO_GRANT_JOIN", "POST", "/_matrix/client/v3/join/"+url.PathEscape(restricted)+viaB, carl.AccessToken, map[string]any{})
+	join(c, carl, restricted, viaB+"&via="+url.QueryEscape(a.ServerName()))
+	authorisedVia := func(s *testserver.Server, userID string) string {
+		t.Helper()
+		m, err := s.Server.Roomserver.Membership(context.Background(), restricted, userID)
+		if err != nil || m.Membership != "join" {
+			t.Fatalf("%s: %s is %+v %v", s.ServerName(), userID, m, err)
+		}
+		ev, err := s.Server.Roomserver.Event(context.Background(), m.EventID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return gjson.GetBytes(ev.Content(), "join_authorised_via_users_server").String()
+	}
+	if got := authorisedVia(c, carl.UserID); got != alice.UserID {
+		t.Fatalf("carl's join authorised via %q", got)
+	}
+
+	// Dave, on B, which is in the room: B cannot authorise him, A can.
+	join(b, dave, space, viaA)
+	deadline := time.Now().Add(10 * time.Second)
+	for mtMembership(t, a, space, dave.UserID) != "join" {
+		if time.Now().After(deadline) {
+			t.Fatal("A never learnt of dave's join to the space")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	join(b, dave, restricted, viaB)
+	for _, s := range []*testserver.Server{a, b} {
+		if got := authorisedVia(s, dave.UserID); got != alice.UserID {
+			t.Fatalf("%s: dave's join authorised via %q", s.ServerName(), got)
 		}
 	}
 }

@@ -206,11 +206,19 @@ func (h *readsAPI) event(w http.ResponseWriter, r *http.Request, _ *fclient.Fede
 	if err != nil {
 		return err
 	}
-	if len(visible) == 0 {
+	if len(visible) == 0 && !aboutUserOf(ev.PDU, origin) {
 		return httputil.Forbidden("You may not see this event")
 	}
 	h.transaction(w, []json.RawMessage{ev.JSON()})
 	return nil
+}
+
+// aboutUserOf reports whether an event is a membership event about a
+// user of the server: the server of a user who was invited or knocked
+// (and so is not in the room, and may see none of its history) gets the
+// event ending that, and may fetch it and its auth chain to check it.
+func aboutUserOf(ev gomatrixserverlib.PDU, server spec.ServerName) bool {
+	return ev.Type() == spec.MRoomMember && ev.StateKey() != nil && userServerName(*ev.StateKey()) == server
 }
 
 // eventAuth serves GET /event_auth/{roomId}/{eventId}: the event's auth
@@ -239,7 +247,7 @@ func (h *readsAPI) eventAuth(w http.ResponseWriter, r *http.Request, _ *fclient.
 		if visErr != nil {
 			return visErr
 		}
-		if len(visible) == 0 {
+		if len(visible) == 0 && !(aboutUserOf(ev.PDU, origin) && ev.RoomID().String() == roomID) {
 			return err
 		}
 	}

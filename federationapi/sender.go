@@ -16,6 +16,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
+	"github.com/tidwall/gjson"
 
 	"github.com/plexus-chat/plexus/internal/streamconsumer"
 	rsapi "github.com/plexus-chat/plexus/roomserver/api"
@@ -81,6 +82,8 @@ type Sender struct {
 	memberLeft func(ctx context.Context, out rsapi.OutputEvent) error
 	// fed is nil in unit tests.
 	fed *FederationAPI
+	// handed are our events servers took in a membership handshake.
+	handed handedEvents
 }
 
 // positionInterval is how often at most the sender stores its position
@@ -203,8 +206,11 @@ func (s *Sender) step(ctx context.Context) (int, error) {
 			continue
 		}
 		queued := map[spec.ServerName][]string{}
+		handed := s.handedTo(out.Event.EventID())
 		for _, d := range dests {
-			queued[d] = []string{out.Event.EventID()}
+			if d != handed && !signedBy(out.Event, d) {
+				queued[d] = []string{out.Event.EventID()}
+			}
 		}
 		if err := s.store.queuePDUs(ctx, queued, senderConsumer, out.Position); err != nil {
 			return 0, err
@@ -260,6 +266,13 @@ func (s *Sender) eventDestinations(ctx context.Context, out rsapi.OutputEvent) (
 		}
 	}
 	return s.others(servers), nil
+}
+
+// signedBy reports whether a server signed an event: it has it already
+// (the resident server of a join, leave or knock we made through it signs
+// the event it takes), so sending it again is a waste.
+func signedBy(ev gomatrixserverlib.PDU, server spec.ServerName) bool {
+	return gjson.GetBytes(ev.JSON(), "signatures."+gjson.Escape(string(server))).Exists()
 }
 
 // others turns server names into destinations: sorted, without

@@ -542,3 +542,43 @@ func TestSenderStoresItsPositionLazilyAfterEventsThatGoNowhere(t *testing.T) {
 		}
 	})
 }
+
+// An event a server signed (the resident server of a join we made through
+// it) is not sent back to that server; the others get it.
+func TestSenderSkipsServersThatSignedTheEvent(t *testing.T) {
+	storagetest.ForEach(t, func(t *testing.T, db *storage.DB) {
+		f := newSenderFixture(t, db)
+		resident := testroom.NewServer(t, "remote.test")
+		f.room.Send(f.alice, "countersigned")
+		signed := f.room.Last().Sign(string(resident.Name), resident.KeyID, resident.PrivateKey)
+		f.stream.add(signed)
+		f.send("after")
+		senderWait(t, "delivery", func() bool {
+			return len(f.remote.acceptedPDUs("other.test")) == 2 && len(f.remote.acceptedPDUs("remote.test")) >= 1
+		})
+		if got := f.remote.acceptedPDUs("remote.test"); !slices.Equal(got, []string{"after"}) {
+			t.Fatalf("remote.test got %v, want only the event it did not sign", got)
+		}
+		if got := f.remote.acceptedPDUs("other.test"); !slices.Equal(got, []string{"countersigned", "after"}) {
+			t.Fatalf("other.test got %v", got)
+		}
+	})
+}
+
+// An event a server took in a membership handshake (our join through
+// it) is not sent to it again; the room's other servers get it.
+func TestSenderSkipsTheServerAnEventWasHandedTo(t *testing.T) {
+	storagetest.ForEach(t, func(t *testing.T, db *storage.DB) {
+		f := newSenderFixture(t, db)
+		f.room.Send(f.alice, "handed over")
+		f.sender.HandedTo(f.room.Last().EventID(), "remote.test")
+		f.stream.add(f.room.Last())
+		f.send("after")
+		senderWait(t, "delivery", func() bool {
+			return len(f.remote.acceptedPDUs("other.test")) == 2 && len(f.remote.acceptedPDUs("remote.test")) >= 1
+		})
+		if got := f.remote.acceptedPDUs("remote.test"); !slices.Equal(got, []string{"after"}) {
+			t.Fatalf("remote.test got %v, want only the event it was not handed", got)
+		}
+	})
+}

@@ -59,6 +59,11 @@ type TransactionRoomserver interface {
 	Membership(ctx context.Context, roomID, userID string) (rsapi.Membership, error)
 	// ServerACLAllows applies the room's server ACL to an origin.
 	ServerACLAllows(ctx context.Context, roomID, server string) (bool, error)
+	// ResidentServers and InputOutOfBandMembership take the end of a
+	// local user's invite or knock in a room we are not in
+	// (transaction_outofband.go).
+	ResidentServers(ctx context.Context, roomID string) ([]string, error)
+	InputOutOfBandMembership(ctx context.Context, pdu gomatrixserverlib.PDU) error
 }
 
 // EDUSink takes other servers' ephemeral events; the sync API implements
@@ -404,7 +409,7 @@ func (h *TransactionHandler) parsePDU(ctx context.Context, raw json.RawMessage) 
 		p.eventID, p.err = bestEffortEventID(raw, ""), pduErrorf("Unsupported room version %s", version)
 		return p
 	}
-	pdu, err := verImpl.NewEventFromUntrustedJSON(raw)
+	pdu, err := parseUntrusted(verImpl, raw)
 	if err != nil {
 		p.eventID, p.err = bestEffortEventID(raw, version), pduErrorf("Invalid event: %v", err)
 		return p

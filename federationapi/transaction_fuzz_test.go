@@ -27,6 +27,16 @@ func (fuzzRooms) InputOutliers(context.Context, []gomatrixserverlib.PDU) error {
 func (fuzzRooms) InputEventWithState(context.Context, gomatrixserverlib.PDU, []gomatrixserverlib.PDU) (rsapi.InputResult, error) {
 	return rsapi.InputResult{}, errFuzzNoInput
 }
+func (fuzzRooms) InputRejectedEvent(context.Context, gomatrixserverlib.PDU, string) error {
+	return errFuzzNoInput
+}
+func (fuzzRooms) MissingPrevEvents(context.Context, gomatrixserverlib.PDU) ([]string, error) {
+	return nil, nil
+}
+func (fuzzRooms) ResidentServers(context.Context, string) ([]string, error) { return nil, nil }
+func (fuzzRooms) InputOutOfBandMembership(context.Context, gomatrixserverlib.PDU) error {
+	return errFuzzNoInput
+}
 func (fuzzRooms) ForwardExtremities(context.Context, string) ([]string, error) { return nil, nil }
 func (fuzzRooms) StoredEvents(context.Context, []string) (map[string]gomatrixserverlib.PDU, error) {
 	return map[string]gomatrixserverlib.PDU{}, nil

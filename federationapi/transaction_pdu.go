@@ -4,13 +4,9 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"sort"
-	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib"
-	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
-	"github.com/sirupsen/logrus"
 
 	rsapi "github.com/plexus-chat/plexus/roomserver/api"
 )
@@ -35,12 +31,8 @@ import (
 //     current state (the roomserver's InputRemoteEvent: rejected, or soft
 //     failed).
 //
-// An event whose prev events we lack is a gap: we ask the origin for the
-// events in between (/get_missing_events, from our forward extremities to
-// the event), check and store them oldest first, and if that does not
-// close the gap, ask for the state before the event (/state_ids), fetch
-// the events of it we lack (/event, or /state when many), store them as
-// outliers and the event at that state.
+// An event whose prev events we lack is a gap, filled before the checks
+// at its auth events (transaction_gap.go).
 
 // Bounds of gap filling.
 const (
@@ -53,6 +45,9 @@ const (
 	maxSingleFetches = 50
 	// fetchWorkers bounds the /event requests in flight for one event.
 	fetchWorkers = 8
+	// maxEdgeStateFetches bounds the state fetches for the events
+	// /get_missing_events gives whose prev events we still lack.
+	maxEdgeStateFetches = 2
 )
 
 // processPDU checks a PDU of the origin's and inputs it.
@@ -69,6 +64,9 @@ func (h *TransactionHandler) processPDU(ctx context.Context, origin spec.ServerN
 		return err
 	}
 	if err := h.verify(ctx, pdu); err != nil {
+		return err
+	}
+	if handled, err := h.outOfBandEnd(ctx, origin, pdu); handled {
 		return err
 	}
 	return h.input(ctx, origin, pdu, gaps)
@@ -107,20 +105,31 @@ func txnUserIDForSender(_ spec.RoomID, senderID spec.SenderID) (*spec.UserID, er
 	return spec.NewUserID(string(senderID), true)
 }
 
-// input checks an event at its auth events and hands it to the
-// roomserver, filling a gap before it when it has one.
+// input hands an event to the roomserver: when we lack its prev events,
+// the gap before it is filled first (the events and state that brings
+// may hold auth events we lack too), then it is checked at its auth
+// events and stored.
 func (h *TransactionHandler) input(ctx context.Context, origin spec.ServerName, pdu gomatrixserverlib.PDU, gaps *gapBudget) error {
+	missing, err := h.rs.MissingPrevEvents(ctx, pdu)
+	if err != nil {
+		return h.outcome(rsapi.InputResult{}, err, pdu)
+	}
+	if len(missing) > 0 {
+		if !gaps.take() {
+			return pduErrorf("Missing prev events %v, and this transaction fetched enough already", missing)
+		}
+		return h.fillGap(ctx, origin, pdu)
+	}
+	return h.inputAtPrevEvents(ctx, origin, pdu)
+}
+
+// inputAtPrevEvents checks an event whose prev events we have at its auth
+// events and stores it at the state after them.
+func (h *TransactionHandler) inputAtPrevEvents(ctx context.Context, origin spec.ServerName, pdu gomatrixserverlib.PDU) error {
 	if err := h.checkAuthEvents(ctx, origin, pdu); err != nil {
 		return err
 	}
 	res, err := h.rs.InputRemoteEvent(ctx, pdu)
-	var missing *rsapi.MissingPrevEventsError
-	if errors.As(err, &missing) {
-		if !gaps.take() {
-			return pduErrorf("Missing prev events %v, and this transaction fetched enough already", missing.EventIDs)
-		}
-		res, err = h.fillGap(ctx, origin, pdu)
-	}
 	return h.outcome(res, err, pdu)
 }
 
@@ -158,18 +167,26 @@ func (h *TransactionHandler) outcome(res rsapi.InputResult, err error, pdu gomat
 }
 
 // checkAuthEvents applies the auth rules at the event's auth events,
-// fetching those we lack from the origin first.
+// fetching those we lack from the origin first. An event they refuse is
+// stored as rejected, so that later events citing it as a prev event are
+// not held up by a gap (the spec lets them through if they pass the
+// auth rules themselves).
 func (h *TransactionHandler) checkAuthEvents(ctx context.Context, origin spec.ServerName, pdu gomatrixserverlib.PDU) error {
 	missing, err := h.rs.CheckAuthEvents(ctx, pdu)
-	if err != nil || len(missing) == 0 {
-		return h.outcome(rsapi.InputResult{}, err, pdu)
-	}
-	if err := h.fetchAuthChain(ctx, origin, pdu); err != nil {
-		return err
-	}
-	missing, err = h.rs.CheckAuthEvents(ctx, pdu)
 	if err == nil && len(missing) > 0 {
-		return pduErrorf("Missing auth events %v", missing)
+		if err := h.fetchAuthChain(ctx, origin, pdu); err != nil {
+			return err
+		}
+		missing, err = h.rs.CheckAuthEvents(ctx, pdu)
+		if err == nil && len(missing) > 0 {
+			return pduErrorf("Missing auth events %v", missing)
+		}
+	}
+	var na *rsapi.NotAllowedError
+	if errors.As(err, &na) {
+		if serr := h.rs.InputRejectedEvent(ctx, pdu, na.Reason); serr != nil {
+			h.log.WithError(serr).WithField("event_id", pdu.EventID()).Warn("storing a rejected event failed")
+		}
 	}
 	return h.outcome(rsapi.InputResult{}, err, pdu)
 }
@@ -225,7 +242,7 @@ func (h *TransactionHandler) verifyEvents(ctx context.Context, roomID string, ve
 	var out []gomatrixserverlib.PDU
 	seen := map[string]bool{}
 	for _, raw := range raws {
-		ev, err := verImpl.NewEventFromUntrustedJSON(raw)
+		ev, err := parseUntrusted(verImpl, raw)
 		if err != nil {
 			return nil, pduErrorf("A fetched event is invalid: %v", err)
 		}
@@ -243,187 +260,4 @@ func (h *TransactionHandler) verifyEvents(ctx context.Context, roomID string, ve
 		out = append(out, ev)
 	}
 	return out, nil
-}
-
-// fillGap fills the gap before an event whose prev events we lack and
-// inputs the event.
-func (h *TransactionHandler) fillGap(ctx context.Context, origin spec.ServerName, pdu gomatrixserverlib.PDU) (rsapi.InputResult, error) {
-	log := h.log.WithFields(logrus.Fields{"origin": origin, "event_id": pdu.EventID()})
-	if res, done, err := h.fetchMissingEvents(ctx, origin, pdu, log); done {
-		return res, err
-	}
-	return h.inputAtFetchedState(ctx, origin, pdu)
-}
-
-// fetchMissingEvents asks the origin for the events between our forward
-// extremities and the event and inputs them, oldest first, then the
-// event. done is false when the gap is still there.
-func (h *TransactionHandler) fetchMissingEvents(ctx context.Context, origin spec.ServerName, pdu gomatrixserverlib.PDU, log *logrus.Entry) (res rsapi.InputResult, done bool, err error) {
-	roomID := pdu.RoomID().String()
-	earliest, err := h.rs.ForwardExtremities(ctx, roomID)
-	if err != nil {
-		return res, true, err
-	}
-	known, err := h.rs.StoredEvents(ctx, earliest)
-	if err != nil {
-		return res, true, err
-	}
-	minDepth := int64(0)
-	for _, ev := range known {
-		if minDepth == 0 || ev.Depth() < minDepth {
-			minDepth = ev.Depth()
-		}
-	}
-	resp, err := h.client.LookupMissingEvents(ctx, h.self, origin, roomID, fclient.MissingEvents{
-		Limit: missingEventsLimit, MinDepth: int(minDepth), EarliestEvents: nonNilIDs(earliest), LatestEvents: []string{pdu.EventID()},
-	}, pdu.Version())
-	if err != nil {
-		log.WithError(err).Info("get_missing_events failed")
-		return res, false, nil
-	}
-	raws := resp.Events
-	if len(raws) > 2*missingEventsLimit {
-		raws = raws[:2*missingEventsLimit]
-	}
-	events, err := h.verifyEvents(ctx, roomID, pdu.Version(), raws, nil)
-	if err != nil {
-		log.WithError(err).Info("get_missing_events gave events that fail the checks")
-		return res, false, nil
-	}
-	sort.SliceStable(events, func(i, j int) bool { return events[i].Depth() < events[j].Depth() })
-	for _, ev := range events {
-		if ev.EventID() == pdu.EventID() {
-			continue
-		}
-		if err := h.checkAuthEvents(ctx, origin, ev); err != nil {
-			log.WithError(err).WithField("missing_event_id", ev.EventID()).Info("a missing event fails its auth events")
-			continue
-		}
-		if _, err := h.rs.InputRemoteEvent(ctx, ev); err != nil {
-			// A gap before it too, or worse: the state fetch below covers
-			// the event we were sent.
-			log.WithError(err).WithField("missing_event_id", ev.EventID()).Debug("a missing event could not be stored")
-		}
-	}
-	res, err = h.rs.InputRemoteEvent(ctx, pdu)
-	var missing *rsapi.MissingPrevEventsError
-	if errors.As(err, &missing) {
-		return res, false, nil
-	}
-	return res, true, err
-}
-
-func nonNilIDs(ids []string) []string {
-	if ids == nil {
-		return []string{}
-	}
-	return ids
-}
-
-// inputAtFetchedState asks the origin for the state before the event,
-// stores what of it we lack as outliers, and the event at that state.
-func (h *TransactionHandler) inputAtFetchedState(ctx context.Context, origin spec.ServerName, pdu gomatrixserverlib.PDU) (rsapi.InputResult, error) {
-	roomID, eventID := pdu.RoomID().String(), pdu.EventID()
-	ids, err := h.client.LookupStateIDs(ctx, h.self, origin, roomID, eventID)
-	if err != nil {
-		return rsapi.InputResult{}, pduErrorf("Missing prev events, and %s did not give the state before the event: %v", origin, err)
-	}
-	if len(ids.StateEventIDs)+len(ids.AuthEventIDs) > maxStateEvents {
-		return rsapi.InputResult{}, pduErrorf("The state before the event has more than %d events", maxStateEvents)
-	}
-	all := slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(ids.StateEventIDs), ids.AuthEventIDs...))))
-	stored, err := h.rs.StoredEvents(ctx, all)
-	if err != nil {
-		return rsapi.InputResult{}, err
-	}
-	lacking := map[string]bool{}
-	for _, id := range all {
-		if stored[id] == nil {
-			lacking[id] = true
-		}
-	}
-	fetched, err := h.fetchEvents(ctx, origin, pdu, lacking)
-	if err != nil {
-		return rsapi.InputResult{}, err
-	}
-	if err := h.storeOutliers(ctx, fetched); err != nil {
-		return rsapi.InputResult{}, err
-	}
-	for _, ev := range fetched {
-		stored[ev.EventID()] = ev
-	}
-	state := make([]gomatrixserverlib.PDU, 0, len(ids.StateEventIDs))
-	for _, id := range ids.StateEventIDs {
-		ev := stored[id]
-		if ev == nil {
-			return rsapi.InputResult{}, pduErrorf("%s did not give state event %s", origin, id)
-		}
-		if ev.StateKey() == nil {
-			return rsapi.InputResult{}, pduErrorf("The state holds %s, which is not a state event", id)
-		}
-		state = append(state, ev)
-	}
-	return h.rs.InputEventWithState(ctx, pdu, state)
-}
-
-// fetchEvents fetches the lacking events of the state before pdu from
-// the origin: one by one when few, else the whole state at once.
-func (h *TransactionHandler) fetchEvents(ctx context.Context, origin spec.ServerName, pdu gomatrixserverlib.PDU, lacking map[string]bool) ([]gomatrixserverlib.PDU, error) {
-	if len(lacking) == 0 {
-		return nil, nil
-	}
-	roomID := pdu.RoomID().String()
-	var raws []spec.RawJSON
-	if len(lacking) <= maxSingleFetches {
-		var mu sync.Mutex
-		var firstErr error
-		ids := make(chan string)
-		var wg sync.WaitGroup
-		for range min(fetchWorkers, len(lacking)) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for id := range ids {
-					var txn gomatrixserverlib.Transaction
-					err := safely(h.log, func() (err error) {
-						txn, err = h.client.GetEvent(ctx, h.self, origin, id)
-						return err
-					})
-					mu.Lock()
-					switch {
-					case err != nil && firstErr == nil:
-						firstErr = pduErrorf("%s did not give event %s: %v", origin, id, err)
-					case err == nil && len(txn.PDUs) > 0:
-						raws = append(raws, spec.RawJSON(txn.PDUs[0]))
-					}
-					mu.Unlock()
-				}
-			}()
-		}
-		for id := range lacking {
-			ids <- id
-		}
-		close(ids)
-		wg.Wait()
-		if firstErr != nil {
-			return nil, firstErr
-		}
-	} else {
-		st, err := h.client.LookupState(ctx, h.self, origin, roomID, pdu.EventID(), pdu.Version())
-		if err != nil {
-			return nil, pduErrorf("Missing prev events, and %s did not give the state before the event: %v", origin, err)
-		}
-		if len(st.StateEvents)+len(st.AuthEvents) > 2*maxStateEvents {
-			return nil, pduErrorf("The state before the event is too large")
-		}
-		raws = append(append(raws, st.StateEvents...), st.AuthEvents...)
-	}
-	events, err := h.verifyEvents(ctx, roomID, pdu.Version(), raws, lacking)
-	if err != nil {
-		return nil, err
-	}
-	if len(events) < len(lacking) {
-		return nil, pduErrorf("%s did not give all the events of the state before the event", origin)
-	}
-	return events, nil
 }

@@ -63,6 +63,26 @@ func (r *Roomserver) StoredEvents(ctx context.Context, eventIDs []string) (map[s
 	return out, nil
 }
 
+// MissingPrevEvents returns the event's prev events whose state is not
+// known: unknown, outliers, or rejected without state. InputRemoteEvent
+// needs none missing.
+func (r *Roomserver) MissingPrevEvents(ctx context.Context, pdu gomatrixserverlib.PDU) ([]string, error) {
+	q := r.db.Reader()
+	var missing []string
+	for _, id := range pdu.PrevEventIDs() {
+		ev, err := r.eventByID(ctx, q, id)
+		switch {
+		case errors.Is(err, api.ErrEventNotFound):
+			missing = append(missing, id)
+		case err != nil:
+			return nil, err
+		case !hasState(ev):
+			missing = append(missing, id)
+		}
+	}
+	return missing, nil
+}
+
 // CheckAuthEvents applies the auth rules to an event from another server
 // at the auth events it names (check 4 of the spec's checks on receipt of
 // a PDU; InputRemoteEvent applies them at the state before the event and

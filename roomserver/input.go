@@ -28,6 +28,9 @@ type inputOpts struct {
 	// event against (sendLocal, at the current state): the check is not
 	// repeated when it is also the state before the event.
 	authedAt *state.SnapshotNID
+	// reject, when set, is why the caller already refused the event (the
+	// auth rules at its auth events): it is stored rejected, unchecked.
+	reject error
 }
 
 // inputResult is what storing one event did.
@@ -68,7 +71,9 @@ func (r *Roomserver) inputEvent(ctx context.Context, t *txn, rm *room, pdu gomat
 		return nil, err
 	}
 	res := &inputResult{status: statusAccepted}
-	if opts.authedAt != nil && *opts.authedAt == before {
+	if opts.reject != nil {
+		res.status, res.rejectErr = statusRejected, opts.reject
+	} else if opts.authedAt != nil && *opts.authedAt == before {
 		// Already allowed at this state.
 	} else if err := r.checkAuth(ctx, tx, pdu, before); err != nil {
 		res.status, res.rejectErr = statusRejected, err
@@ -149,7 +154,7 @@ func (r *Roomserver) stateBeforeEvent(ctx context.Context, tx *sql.Tx, rm *room,
 	var missing []string
 	for _, id := range prevIDs {
 		prev, err := r.eventByID(ctx, tx, id)
-		if errors.Is(err, api.ErrEventNotFound) || (err == nil && prev.status == statusOutlier) {
+		if errors.Is(err, api.ErrEventNotFound) || (err == nil && !hasState(prev)) {
 			// Unknown, or known without its state: the caller must fetch it.
 			missing = append(missing, id)
 			continue
@@ -157,9 +162,9 @@ func (r *Roomserver) stateBeforeEvent(ctx context.Context, tx *sql.Tx, rm *room,
 		if err != nil {
 			return 0, 0, fmt.Errorf("prev event %s: %w", id, err)
 		}
-		if prev.status == statusRejected {
-			return 0, 0, api.BadEventf("prev event %s was rejected", id)
-		}
+		// A rejected prev event is allowed (the spec: events citing
+		// rejected events are accepted if they pass the auth rules); the
+		// state after it is the state before it.
 		depth = max(depth, prev.depth+1)
 		if !slices.Contains(snaps, prev.after) {
 			snaps = append(snaps, prev.after)
@@ -173,6 +178,18 @@ func (r *Roomserver) stateBeforeEvent(ctx context.Context, tx *sql.Tx, rm *room,
 	}
 	resolved, err := r.resolve(ctx, tx, rm, snaps)
 	return resolved, depth, err
+}
+
+// hasState reports whether the state after a stored event is known: not
+// for outliers, nor for events rejected as outliers.
+func hasState(ev *storedEvent) bool {
+	switch ev.status {
+	case statusOutlier:
+		return false
+	case statusRejected:
+		return ev.after != 0
+	}
+	return true
 }
 
 // resolve merges several states of a room into one snapshot.

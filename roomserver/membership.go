@@ -157,7 +157,7 @@ func (r *Roomserver) JoinAuthoriser(ctx context.Context, roomID, userID string) 
 	if err := rows.Err(); err != nil {
 		return "", err
 	}
-	return "", &api.NotAllowedError{Reason: "No member of the room on this server can authorise the join"}
+	return "", &api.NotAllowedError{Reason: "No member of the room on this server can authorise the join", NoLocalAuthoriser: true}
 }
 
 // restrictedJoinRule reports whether a join rule restricts joins in the

@@ -24,6 +24,40 @@ func (r *Roomserver) InputEventWithState(ctx context.Context, pdu gomatrixserver
 	return r.inputRemote(ctx, pdu, stateEvents)
 }
 
+// InputRejectedEvent stores an event from another server that failed the
+// auth rules at its auth events, as rejected: it is never served nor part
+// of a state, but later events may cite it as a prev event. It is placed
+// after its prev events when their state is known, else stored without
+// state.
+func (r *Roomserver) InputRejectedEvent(ctx context.Context, pdu gomatrixserverlib.PDU, reason string) error {
+	roomID := pdu.RoomID().String()
+	unlock := r.lockRoom(roomID)
+	defer unlock()
+	return r.inTx(ctx, func(t *txn) error {
+		rm, err := r.loadOrCreateRoom(ctx, t, pdu)
+		if err != nil {
+			return err
+		}
+		existing, err := r.eventByID(ctx, t, pdu.EventID())
+		switch {
+		case err == nil && existing.status == statusOutlier:
+			// Known as state or auth of others: it stays where it is cited.
+			_, err := t.ExecContext(ctx, `UPDATE roomserver_events SET status = $2 WHERE event_nid = $1`, existing.nid, statusRejected)
+			return err
+		case err == nil:
+			return nil
+		case !errors.Is(err, api.ErrEventNotFound):
+			return err
+		}
+		_, err = r.inputEvent(ctx, t, rm, pdu, inputOpts{reject: notAllowedf("%s", reason)})
+		var missing *api.MissingPrevEventsError
+		if errors.As(err, &missing) {
+			return r.insertWithoutState(ctx, t, rm, pdu, statusRejected)
+		}
+		return err
+	})
+}
+
 func (r *Roomserver) inputRemote(ctx context.Context, pdu gomatrixserverlib.PDU, stateEvents []gomatrixserverlib.PDU) (api.InputResult, error) {
 	roomID := pdu.RoomID().String()
 	unlock := r.lockRoom(roomID)
@@ -196,6 +230,11 @@ func (r *Roomserver) storeOutlier(ctx context.Context, t *txn, rm *room, pdu gom
 			status = statusRejected
 		}
 	}
+	return r.insertWithoutState(ctx, t, rm, pdu, status)
+}
+
+// insertWithoutState stores an event with no state before or after it.
+func (r *Roomserver) insertWithoutState(ctx context.Context, t *txn, rm *room, pdu gomatrixserverlib.PDU, status int) error {
 	typeNID, err := r.state.TypeNID(ctx, t.Tx, pdu.Type())
 	if err != nil {
 		return err

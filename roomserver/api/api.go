@@ -23,7 +23,13 @@ var (
 
 // NotAllowedError is an event refused by the auth rules; Reason is
 // written for people.
-type NotAllowedError struct{ Reason string }
+type NotAllowedError struct {
+	Reason string
+	// NoLocalAuthoriser: a restricted join the user qualifies for, that no
+	// member of the room on this server may authorise (another resident
+	// server may: the client API then joins through it).
+	NoLocalAuthoriser bool
+}
 
 func (e *NotAllowedError) Error() string { return "not allowed: " + e.Reason }
 
@@ -297,7 +303,7 @@ type MembershipAPI interface {
 	// returns "" when the join needs none (other join rules, or the user is
 	// invited or joined). *NotAllowedError when the user is joined to none
 	// of the rooms the join rules allow, or no local member can authorise
-	// the join; ErrRoomNotFound.
+	// the join (NoLocalAuthoriser set); ErrRoomNotFound.
 	JoinAuthoriser(ctx context.Context, roomID, userID string) (string, error)
 	// ForgetRoom records that the user forgot a room they have left or
 	// been banned from, until their membership next changes (rejoining, a
@@ -356,6 +362,11 @@ type RemoteInputter interface {
 	// (events stored first with InputOutliers): the event of a join through
 	// another server, or an event after a gap that could not be filled.
 	InputEventWithState(ctx context.Context, pdu gomatrixserverlib.PDU, state []gomatrixserverlib.PDU) (InputResult, error)
+	// InputRejectedEvent stores an event that failed the auth rules at its
+	// auth events as rejected (never served nor part of a state), so that
+	// later events may still cite it as a prev event: at the state after
+	// its prev events when known, else without state.
+	InputRejectedEvent(ctx context.Context, pdu gomatrixserverlib.PDU, reason string) error
 }
 
 // ---- Reading rooms as another server: the federation read endpoints
@@ -433,6 +444,10 @@ type FederationInputQuerier interface {
 	// rejected, of another room, listed twice for one type and state key,
 	// or not one the auth events selection names; or the rules refuse it).
 	CheckAuthEvents(ctx context.Context, pdu gomatrixserverlib.PDU) (missing []string, err error)
+	// MissingPrevEvents returns the event's prev events whose state is not
+	// known (unknown, outliers, rejected without state): the gap
+	// InputRemoteEvent would report.
+	MissingPrevEvents(ctx context.Context, pdu gomatrixserverlib.PDU) ([]string, error)
 }
 
 // ---- Membership handshakes with other servers: make_join/send_join,
