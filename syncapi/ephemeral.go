@@ -39,7 +39,8 @@ const sqlJoinedRoomsSince = `SELECT room_id, pos FROM syncapi_current_state
 // syncEphemeral fills typing notifications, receipts and unread counts of
 // joined rooms. A joined room whose only news is ephemeral gets an entry
 // with just that.
-func (s *SyncAPI) syncEphemeral(ctx context.Context, req *syncRequest, since Token, next *Token, resp *syncResponse) error {
+// joinedNow are the rooms the user is joined to as of next.PDU.
+func (s *SyncAPI) syncEphemeral(ctx context.Context, req *syncRequest, since Token, next *Token, resp *syncResponse, joinedNow map[string]bool) error {
 	initial := req.since == nil
 	if initial {
 		since = Token{}
@@ -49,12 +50,8 @@ func (s *SyncAPI) syncEphemeral(ctx context.Context, req *syncRequest, since Tok
 		roomFilter = &eventfilter.RoomFilter{}
 	}
 	return s.db.ReadTx(ctx, func(tx *sql.Tx) error {
-		rooms, err := joinedRooms(ctx, tx, req.userID, next.PDU)
-		if err != nil {
-			return err
-		}
 		joined := map[string]bool{}
-		for roomID := range rooms {
+		for roomID := range joinedNow {
 			if matchesRooms(roomFilter.Rooms, roomFilter.NotRooms, roomID) {
 				joined[roomID] = true
 			}

@@ -3,7 +3,6 @@ package syncapi
 import (
 	"context"
 	"database/sql"
-	"math"
 	"sort"
 	"time"
 
@@ -37,7 +36,7 @@ func WithKeyServer(ks KeyServer) Option { return func(s *SyncAPI) { s.keys = ks 
 // syncKeys fills the end-to-end encryption parts of a sync response and
 // moves next.DeviceList. Device list changes are only for incremental
 // syncs, as the spec has it.
-func (s *SyncAPI) syncKeys(ctx context.Context, req *syncRequest, since Token, next *Token, resp *syncResponse) error {
+func (s *SyncAPI) syncKeys(ctx context.Context, req *syncRequest, since Token, next *Token, resp *syncResponse, joinedNow map[string]bool) error {
 	if s.keys == nil {
 		return nil
 	}
@@ -49,7 +48,7 @@ func (s *SyncAPI) syncKeys(ctx context.Context, req *syncRequest, since Token, n
 	resp.OTKCounts, resp.Fallback = counts, fallback
 	if req.since != nil {
 		to := Token{PDU: next.PDU, DeviceList: pos}
-		if resp.DeviceLists.Changed, resp.DeviceLists.Left, err = s.deviceListChanges(ctx, req.userID, since, to); err != nil {
+		if resp.DeviceLists.Changed, resp.DeviceLists.Left, err = s.deviceListChanges(ctx, req.userID, since, to, joinedNow); err != nil {
 			return err
 		}
 	}
@@ -72,7 +71,7 @@ func (s *SyncAPI) KeyChanges(ctx context.Context, userID, from, to string) ([]st
 		return nil, nil, nil
 	}
 	t.DeviceList = min(t.DeviceList, s.keys.DeviceListPosition())
-	return s.deviceListChanges(ctx, userID, f, t)
+	return s.deviceListChanges(ctx, userID, f, t, nil)
 }
 
 // Who shares a room with whom: sqlSharesRoom and sqlRoomPeers (presence.go).
@@ -96,7 +95,9 @@ const manyCandidates = 64
 // changes (or userID's) leave them sharing no room any more. Sharing
 // means both joined, as in the current state; rooms are not told apart by
 // encryption.
-func (s *SyncAPI) deviceListChanges(ctx context.Context, userID string, from, to Token) (changed, left []string, err error) {
+// joinedNow, when not nil, are the rooms the user is joined to as of
+// to.PDU (a sync has listed them already).
+func (s *SyncAPI) deviceListChanges(ctx context.Context, userID string, from, to Token, joinedNow map[string]bool) (changed, left []string, err error) {
 	keyUsers, err := s.keys.DeviceListChanges(ctx, from.DeviceList, to.DeviceList)
 	if err != nil {
 		return nil, nil, err
@@ -110,7 +111,7 @@ func (s *SyncAPI) deviceListChanges(ctx context.Context, userID string, from, to
 			check[u] = true
 		}
 		if to.PDU > from.PDU {
-			if err := s.membershipCandidates(ctx, tx, userID, from.PDU, to.PDU, joined, check, gone); err != nil {
+			if err := s.membershipCandidates(ctx, tx, userID, from.PDU, to.PDU, joinedNow, joined, check, gone); err != nil {
 				return err
 			}
 		}
@@ -154,7 +155,7 @@ func (s *SyncAPI) deviceListChanges(ctx context.Context, userID string, from, to
 // membershipCandidates collects, from the membership changes in (from,
 // to], the users who now share a room with userID for sure (joined), who
 // may share a new one (check), and who may have stopped sharing (gone).
-func (s *SyncAPI) membershipCandidates(ctx context.Context, tx *sql.Tx, userID string, from, to int64, joined, check, gone map[string]bool) error {
+func (s *SyncAPI) membershipCandidates(ctx context.Context, tx *sql.Tx, userID string, from, to int64, in, joined, check, gone map[string]bool) error {
 	// Rooms the user joined or left: everyone in them is new, or may be gone.
 	rooms, err := queryStrings(ctx, tx, sqlMembershipChanges, userID, from, to)
 	if err != nil {
@@ -182,9 +183,11 @@ func (s *SyncAPI) membershipCandidates(ctx context.Context, tx *sql.Tx, userID s
 	}
 	// Others joining or leaving the rooms the user is in: only rooms with
 	// events in the window can have any (roompositions.go).
-	in, err := joinedRooms(ctx, tx, userID, math.MaxInt64)
-	if err != nil {
-		return err
+	if in == nil {
+		var err error
+		if in, err = joinedRooms(ctx, tx, userID, to); err != nil {
+			return err
+		}
 	}
 	for roomID := range in {
 		latest, err := s.consumer.latest.latest(ctx, tx, roomID)

@@ -246,6 +246,9 @@ func (s *SyncAPI) buildResponse(ctx context.Context, req *syncRequest) (*syncRes
 		}
 	}
 
+	// The rooms the user is joined to as of next.PDU, listed once by the
+	// rooms part for the ephemeral and device list parts.
+	joined := map[string]bool{}
 	lazy := newLazySent(req.userID, req.deviceID)
 	ignored, err := s.ignoredUsers(ctx, req.localpart)
 	if err != nil {
@@ -257,7 +260,8 @@ func (s *SyncAPI) buildResponse(ctx context.Context, req *syncRequest) (*syncRes
 			return err
 		}
 		next.PDU = now
-		b := &builder{s: s, tx: tx, req: req, since: since.PDU, now: now, initial: req.since == nil, lazy: lazy, ignored: ignored}
+		b := &builder{s: s, tx: tx, req: req, since: since.PDU, now: now, initial: req.since == nil, lazy: lazy, ignored: ignored,
+			joined: joined}
 		if err := b.rooms(ctx, resp, roomData); err != nil {
 			return err
 		}
@@ -271,7 +275,7 @@ func (s *SyncAPI) buildResponse(ctx context.Context, req *syncRequest) (*syncRes
 	}
 	// The streams beside the room events: each fills its part of resp and
 	// moves its position in next.
-	if err := s.syncEphemeral(ctx, req, since, &next, resp); err != nil {
+	if err := s.syncEphemeral(ctx, req, since, &next, resp, joined); err != nil {
 		return nil, err
 	}
 	if err := s.syncDeviceMessaging(ctx, req, since, &next, resp); err != nil {
@@ -279,7 +283,7 @@ func (s *SyncAPI) buildResponse(ctx context.Context, req *syncRequest) (*syncRes
 	}
 	// End-to-end encryption (keys.go): device_lists, one-time key counts,
 	// unused fallback key types; moves next.DeviceList.
-	if err := s.syncKeys(ctx, req, since, &next, resp); err != nil {
+	if err := s.syncKeys(ctx, req, since, &next, resp, joined); err != nil {
 		return nil, err
 	}
 	resp.NextBatch = next.String()
@@ -288,7 +292,9 @@ func (s *SyncAPI) buildResponse(ctx context.Context, req *syncRequest) (*syncRes
 
 // builder computes the rooms part of one sync in one read transaction.
 type builder struct {
-	lazy *lazySent
+	// joined collects the rooms the user is joined to as of now.
+	joined map[string]bool
+	lazy   *lazySent
 	// ignored are the senders the user ignores (m.ignored_user_list).
 	ignored map[string]bool
 	s       *SyncAPI
@@ -330,6 +336,9 @@ func (b *builder) rooms(ctx context.Context, resp *syncResponse, roomData map[st
 	for _, m := range memberships {
 		if m.pos > b.now {
 			continue // arrived after our snapshot's position; the next sync gets it
+		}
+		if m.membership == spec.Join {
+			b.joined[m.roomID] = true
 		}
 		if roomFilter != nil && !matchesRooms(roomFilter.Rooms, roomFilter.NotRooms, m.roomID) {
 			continue
