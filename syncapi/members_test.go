@@ -30,6 +30,25 @@ func (f *memberFeed) put(ev gomatrixserverlib.PDU, adds, removes []string) {
 	}
 }
 
+// newMemberFeed starts a consumer of local.test over db and stores the
+// room's events so far through it.
+func newMemberFeed(t *testing.T, db *storage.DB, r *testroom.Room) (*consumer, *memberFeed) {
+	t.Helper()
+	ctx := context.Background()
+	if err := db.Migrate(ctx, component, migrations); err != nil {
+		t.Fatal(err)
+	}
+	c, err := newConsumer(ctx, db, "local.test", roomEvents{r: r}, newNotifier())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &memberFeed{t: t, c: c}
+	for _, ev := range r.Events() {
+		f.putLinear(r, ev)
+	}
+	return c, f
+}
+
 // putLinear stores an event that changes only its own state key.
 func (f *memberFeed) putLinear(r *testroom.Room, ev gomatrixserverlib.PDU) {
 	f.t.Helper()
@@ -73,20 +92,10 @@ func joinedSorted(t *testing.T, m *localMembers, roomID string) []string {
 func TestLocalMembersFollowMembership(t *testing.T) {
 	storagetest.ForEach(t, func(t *testing.T, db *storage.DB) {
 		ctx := context.Background()
-		if err := db.Migrate(ctx, component, migrations); err != nil {
-			t.Fatal(err)
-		}
 		local, remote := testroom.NewServer(t, "local.test"), testroom.NewServer(t, "remote.test")
 		alice, bob, carol := local.User("alice"), local.User("bob"), remote.User("carol")
 		r := testroom.New(t, "10", alice)
-		c, err := newConsumer(ctx, db, "local.test", roomEvents{r: r}, newNotifier())
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := &memberFeed{t: t, c: c}
-		for _, ev := range r.Events() {
-			f.putLinear(r, ev)
-		}
+		c, f := newMemberFeed(t, db, r)
 		// Loaded from the database the first time.
 		if got := joinedSorted(t, c.members, r.ID()); !slices.Equal(got, []string{alice.ID()}) {
 			t.Fatalf("after create: %v", got)
@@ -153,21 +162,10 @@ func TestLocalMembersFollowMembership(t *testing.T) {
 // the cache.
 func TestMemberCountsDroppedAtMembershipChanges(t *testing.T) {
 	storagetest.ForEach(t, func(t *testing.T, db *storage.DB) {
-		ctx := context.Background()
-		if err := db.Migrate(ctx, component, migrations); err != nil {
-			t.Fatal(err)
-		}
 		local := testroom.NewServer(t, "local.test")
 		alice, bob := local.User("alice"), local.User("bob")
 		r := testroom.New(t, "10", alice)
-		c, err := newConsumer(ctx, db, "local.test", roomEvents{r: r}, newNotifier())
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := &memberFeed{t: t, c: c}
-		for _, ev := range r.Events() {
-			f.putLinear(r, ev)
-		}
+		c, f := newMemberFeed(t, db, r)
 		loads := 0
 		count := func(cacheable bool, n int) int {
 			got, err := c.members.memberCount(r.ID(), cacheable, func() (int, error) { loads++; return n, nil })
