@@ -360,20 +360,17 @@ func powerLevels(creator, preset string, creatorsUnlisted bool, invitees []strin
 }
 
 // presetEvents are the join rules, history visibility and guest access a
-// preset sets. public_chat's guest access, forbidden, is what a room
-// without an m.room.guest_access event has (the event's definition), so
-// no event is sent for it: other servers do not, and Complement counts
-// the events of such a room (TestInboundCanReturnMissingEvents).
+// preset sets.
 func presetEvents(preset string) []rsapi.StateEvent {
-	events := []rsapi.StateEvent{
-		{Type: spec.MRoomJoinRules, Content: map[string]string{"join_rule": spec.Invite}},
-		{Type: spec.MRoomHistoryVisibility, Content: map[string]string{"history_visibility": "shared"}},
-	}
+	joinRule, guestAccess := spec.Invite, "can_join"
 	if preset == presetPublic {
-		events[0].Content = map[string]string{"join_rule": spec.Public}
-		return events
+		joinRule, guestAccess = spec.Public, "forbidden"
 	}
-	return append(events, rsapi.StateEvent{Type: spec.MRoomGuestAccess, Content: map[string]string{"guest_access": "can_join"}})
+	return []rsapi.StateEvent{
+		{Type: spec.MRoomJoinRules, Content: map[string]string{"join_rule": joinRule}},
+		{Type: spec.MRoomHistoryVisibility, Content: map[string]string{"history_visibility": "shared"}},
+		{Type: spec.MRoomGuestAccess, Content: map[string]string{"guest_access": guestAccess}},
+	}
 }
 
 // topicContent is an m.room.topic content with the text/plain

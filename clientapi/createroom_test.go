@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -142,11 +141,9 @@ func TestCreateRoomPresets(t *testing.T) {
 						t.Fatalf("power levels: %s", pl.Raw)
 					}
 
-					// public_chat's guest access, forbidden, is a room
-					// without the event.
 					wantRule, wantGuests := "invite", "can_join"
 					if preset == "public_chat" {
-						wantRule, wantGuests = "public", ""
+						wantRule, wantGuests = "public", "forbidden"
 					}
 					if got := crState(t, s, roomID, "m.room.join_rules", "").Get("join_rule").String(); got != wantRule {
 						t.Fatalf("join rule %q", got)
@@ -174,9 +171,6 @@ func TestCreateRoomPresets(t *testing.T) {
 					want := []string{"m.room.create", "m.room.member/" + alice.UserID, "m.room.power_levels",
 						"m.room.join_rules", "m.room.history_visibility", "m.room.guest_access",
 						"m.room.name", "m.room.topic", "m.room.member/" + bob.UserID}
-					if preset == "public_chat" {
-						want = slices.DeleteFunc(want, func(ev string) bool { return ev == "m.room.guest_access" })
-					}
 					if got := crEventOrder(t, s, roomID); strings.Join(got, " ") != strings.Join(want, " ") {
 						t.Fatalf("event order:\n got %v\nwant %v", got, want)
 					}
@@ -307,7 +301,7 @@ func TestCreateRoomAlias(t *testing.T) {
 			t.Fatalf("canonical alias %q", got)
 		}
 		want := []string{"m.room.create", "m.room.member/" + alice.UserID, "m.room.power_levels", "m.room.canonical_alias",
-			"m.room.join_rules", "m.room.history_visibility"}
+			"m.room.join_rules", "m.room.history_visibility", "m.room.guest_access"}
 		if got := crEventOrder(t, s, roomID); strings.Join(got, " ") != strings.Join(want, " ") {
 			t.Fatalf("event order:\n got %v\nwant %v", got, want)
 		}
