@@ -1,0 +1,80 @@
+package syncapi
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/plexus-chat/plexus/accounts"
+	"github.com/plexus-chat/plexus/internal/httputil"
+)
+
+// A held /sync long-poll costs the memory it keeps while it waits, and
+// the largest part is its goroutine's stack: SQLite's deep call chains
+// (modernc.org/sqlite) grow a goroutine's stack to 32 KB, and a waiting
+// goroutine keeps that stack until garbage collections shrink it, half at a
+// time. So the /sync handler does its database work, the access token
+// check included, on short-lived goroutines, and waits on the request's
+// own goroutine, whose stack stays small.
+
+// heldSync is a long-poll with nothing to answer yet.
+type heldSync struct {
+	req   *syncRequest
+	wake  <-chan struct{}
+	empty []byte // the encoded empty answer, for the timeout
+}
+
+// syncHandler serves /sync; authed is the client API's access token check.
+func (s *SyncAPI) syncHandler(authed func(AuthedHandler) http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var held *heldSync
+		check := authed(func(w http.ResponseWriter, r *http.Request, sess *accounts.Session) error {
+			var err error
+			held, err = s.sync(w, r, sess)
+			return err
+		})
+		offStack(func() { check.ServeHTTP(w, r) })
+		if held != nil {
+			if err := s.wait(w, r, held); err != nil {
+				httputil.WriteError(w, r, err)
+			}
+		}
+	})
+}
+
+// wait holds a long-poll until news for its user arrive (then answers what
+// is new), its timeout passes (then answers the empty answer) or the client
+// goes away.
+func (s *SyncAPI) wait(w http.ResponseWriter, r *http.Request, held *heldSync) error {
+	timer := time.NewTimer(held.req.timeout)
+	defer timer.Stop()
+	select {
+	case <-held.wake:
+		var err error
+		offStack(func() {
+			var resp *syncResponse
+			if resp, err = s.buildResponse(r.Context(), held.req); err == nil {
+				httputil.WriteJSON(w, http.StatusOK, resp)
+			}
+		})
+		return err
+	case <-timer.C:
+		httputil.WriteJSON(w, http.StatusOK, json.RawMessage(held.empty))
+		return nil
+	case <-r.Context().Done():
+		return r.Context().Err()
+	}
+}
+
+// offStack runs fn on a new goroutine and waits for it, passing a panic
+// on to the caller's goroutine (where the server's middleware recovers it).
+func offStack(fn func()) {
+	done := make(chan any, 1)
+	go func() {
+		defer func() { done <- recover() }()
+		fn()
+	}()
+	if p := <-done; p != nil {
+		panic(p)
+	}
+}
