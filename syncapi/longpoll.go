@@ -2,7 +2,9 @@ package syncapi
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -119,10 +121,24 @@ func runOffStackJob(j offStackJob) (p any) {
 			if p = recover(); p == nil {
 				// runtime.Goexit: the worker ends; release the caller.
 				j.done <- nil
+			} else if p != http.ErrAbortHandler { //nolint:errorlint // net/http compares it so
+				// The caller's goroutine re-panics: keep where it happened.
+				p = &offStackPanic{value: p, stack: debug.Stack()}
 			}
 		}
 	}()
 	j.fn()
 	returned = true
 	return nil
+}
+
+// offStackPanic is a job's panic as its caller re-raises it, with the
+// stack of the worker where it happened for the log.
+type offStackPanic struct {
+	value any
+	stack []byte
+}
+
+func (p *offStackPanic) Error() string {
+	return fmt.Sprintf("%v\n\nin the sync worker:\n%s", p.value, p.stack)
 }

@@ -1,7 +1,9 @@
 package syncapi
 
 import (
+	"net/http"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,12 +13,23 @@ import (
 // server's middleware turns it into a 500, instead of killing the server.
 func TestOffStackPassesPanics(t *testing.T) {
 	defer func() {
-		if p := recover(); p != "boom" {
-			t.Fatalf("recovered %v, want boom", p)
+		p, ok := recover().(*offStackPanic)
+		if !ok || p.value != "boom" || !strings.Contains(p.Error(), "longpoll_internal_test.go") {
+			t.Fatalf("recovered %#v, want boom with the job's stack", p)
 		}
 	}()
 	offStack(func() { panic("boom") })
 	t.Fatal("offStack returned after a panic")
+}
+
+// net/http's abort panic passes as it is: net/http recognises it by value.
+func TestOffStackPassesAbort(t *testing.T) {
+	defer func() {
+		if p := recover(); p != http.ErrAbortHandler { //nolint:errorlint // compared by value, as net/http does
+			t.Fatalf("recovered %v, want http.ErrAbortHandler", p)
+		}
+	}()
+	offStack(func() { panic(http.ErrAbortHandler) })
 }
 
 func TestOffStackRuns(t *testing.T) {
