@@ -15,7 +15,7 @@ type AuthedHandler = func(w http.ResponseWriter, r *http.Request, s *accounts.Se
 // client API's access token check and rate limit.
 func (s *SyncAPI) Register(root *mux.Router, authed func(AuthedHandler) http.Handler) {
 	const prefix = "/_matrix/client/{apiVersion:(?:r0|v3)}"
-	root.Handle(prefix+"/sync", authed(s.sync)).Methods(http.MethodGet)
+	root.Handle(prefix+"/sync", s.syncHandler(authed)).Methods(http.MethodGet)
 	root.Handle(prefix+"/rooms/{roomId}/messages", authed(s.messages)).Methods(http.MethodGet)
 	root.Handle(prefix+"/rooms/{roomId}/context/{eventId}", authed(s.context)).Methods(http.MethodGet)
 	// Relations and threads (relations.go, threads.go) exist from v1.

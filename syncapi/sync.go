@@ -41,33 +41,30 @@ type syncRequest struct {
 	filter                      *eventfilter.Filter
 }
 
-func (s *SyncAPI) sync(w http.ResponseWriter, r *http.Request, sess *accounts.Session) error {
+// sync answers /sync unless it is a long-poll with nothing to answer yet:
+// that it returns, for syncHandler to wait on (longpoll.go).
+func (s *SyncAPI) sync(w http.ResponseWriter, r *http.Request, sess *accounts.Session) (*heldSync, error) {
 	req, err := s.parseRequest(r, sess)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	ctx := r.Context()
 	// Listen before looking, so that news arriving meanwhile wakes us.
 	wake := s.notifier.listen(req.userID)
-	resp, err := s.buildResponse(ctx, req)
+	resp, err := s.buildResponse(r.Context(), req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if req.since != nil && req.timeout > 0 && !req.fullState && resp.empty() {
-		timer := time.NewTimer(req.timeout)
-		defer timer.Stop()
-		select {
-		case <-wake:
-			if resp, err = s.buildResponse(ctx, req); err != nil {
-				return err
-			}
-		case <-timer.C:
-		case <-ctx.Done():
-			return ctx.Err()
+		// Hold the empty answer encoded (a few hundred bytes) rather than
+		// as the response's maps and slices: thousands of clients wait.
+		empty, err := json.Marshal(resp)
+		if err != nil {
+			return nil, err
 		}
+		return &heldSync{req: req, wake: wake, empty: empty}, nil
 	}
 	httputil.WriteJSON(w, http.StatusOK, resp)
-	return nil
+	return nil, nil
 }
 
 func (s *SyncAPI) parseRequest(r *http.Request, sess *accounts.Session) (*syncRequest, error) {

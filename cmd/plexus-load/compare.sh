@@ -45,7 +45,8 @@ DENDRITE_ADDR=${DENDRITE_ADDR:-127.0.0.1:18108}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 mkdir -p "$OUT"
-[ -x "$PLEXUS_BIN" ] || go build -o "$PLEXUS_BIN" ./cmd/plexus
+# Plexus is built as it is released (README, build/docker): static, no cgo.
+[ -x "$PLEXUS_BIN" ] || CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$PLEXUS_BIN" ./cmd/plexus
 [ -x "$LOAD_BIN" ] || go build -o "$LOAD_BIN" ./cmd/plexus-load
 {
 	echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"

@@ -19,6 +19,7 @@
 //	        messages, incremental syncs, /messages pages of 50 over 2,000
 //	        events, and (with -pid) memory with -longpolls long-polls held
 //	        (not part of all: run it on a fresh server)
+//	longpolls  only the sync mode's long-poll memory reading (-longpolls)
 //	join    one public room grows to each of -members; at each size -samples
 //	        fresh users join (timed: the join that makes member N) and leave,
 //	        each join starting on an idle server (with -pid: CPU at rest)
@@ -141,7 +142,7 @@ func run(ctx context.Context, o options) error {
 		switch m = strings.TrimSpace(m); m {
 		case "all":
 			want["create"], want["send"], want["join"] = true, true, true
-		case "create", "send", "join", "sync":
+		case "create", "send", "join", "sync", "longpolls":
 			want[m] = true
 		default:
 			return fmt.Errorf("unknown mode %q", m)
@@ -205,6 +206,18 @@ func run(ctx context.Context, o options) error {
 			if sr == nil {
 				return err
 			}
+		}
+	}
+	if want["longpolls"] {
+		cfg := bench.DefaultSyncConfig()
+		cfg.Prefix, cfg.PID, cfg.Conc, cfg.Log, cfg.LongPolls = o.prefix, o.pid, o.conc, logf, o.longPolls
+		raiseFileLimit(o.longPolls + 256)
+		sr, err := bench.RunLongPolls(ctx, c, cfg)
+		if rep.Sync == nil {
+			rep.Sync = sr
+		}
+		if err != nil {
+			return err
 		}
 	}
 	if o.pid != 0 {

@@ -8,25 +8,35 @@ import (
 	"net/http"
 	"net/url"
 	"runtime/debug"
-	"strconv"
+	"sync"
 	"time"
 
 	"github.com/gorilla/mux"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 )
 
 type ctxKey int
 
-const (
-	loggerKey ctxKey = iota
-	routeKey
-)
+const requestKey ctxKey = 0
 
-// routeName is filled in by the router once a route matches, so that the
-// outer middleware can label metrics by route template: the matched route
-// only lives on the request copy the router hands down.
-type routeName struct{ template string }
+// requestInfo is what the middleware keeps about a request, in one context
+// value: its ID, the route template the router matched (filled in by the
+// router, as the matched route only lives on the request copy it hands
+// down; used to label metrics) and the request's logger, built only when
+// something logs: a held /sync long-poll should not carry one it never uses.
+type requestInfo struct {
+	id, method, path string
+	template         string
+	loggerOnce       sync.Once
+	logger           *logrus.Entry
+}
+
+func (ri *requestInfo) log() *logrus.Entry {
+	ri.loggerOnce.Do(func() {
+		ri.logger = logrus.WithFields(logrus.Fields{"req_id": ri.id, "method": ri.method, "path": ri.path})
+	})
+	return ri.logger
+}
 
 // LoggerFrom returns the request's logger, which carries its request ID.
 func LoggerFrom(r *http.Request) *logrus.Entry {
@@ -35,8 +45,8 @@ func LoggerFrom(r *http.Request) *logrus.Entry {
 
 // LoggerFromContext is LoggerFrom for code that has only the context.
 func LoggerFromContext(ctx context.Context) *logrus.Entry {
-	if l, ok := ctx.Value(loggerKey).(*logrus.Entry); ok {
-		return l
+	if ri, ok := ctx.Value(requestKey).(*requestInfo); ok {
+		return ri.log()
 	}
 	return logrus.NewEntry(logrus.StandardLogger())
 }
@@ -71,24 +81,6 @@ func (s *statusRecorder) Flush() {
 	}
 }
 
-var (
-	requestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: "plexus",
-		Name:      "http_request_duration_seconds",
-		Help:      "Time to answer HTTP requests, by route and status.",
-		Buckets:   []float64{.001, .005, .01, .05, .1, .5, 1, 5, 30},
-	}, []string{"route", "method", "status"})
-	panicsTotal = prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: "plexus",
-		Name:      "http_panics_total",
-		Help:      "Handler panics recovered into 500 responses.",
-	})
-)
-
-func init() {
-	prometheus.MustRegister(requestDuration, panicsTotal)
-}
-
 // Middleware wraps the whole server: it gives each request an ID and a
 // logger, logs and measures it, turns panics into 500 M_UNKNOWN, answers
 // CORS and caps the body at maxBody bytes.
@@ -96,10 +88,8 @@ func Middleware(next http.Handler, maxBody int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		reqID := newRequestID()
-		logger := logrus.WithFields(logrus.Fields{"req_id": reqID, "method": r.Method, "path": r.URL.Path})
-		route := &routeName{template: "unmatched"}
-		ctx := context.WithValue(r.Context(), loggerKey, logger)
-		r = r.WithContext(context.WithValue(ctx, routeKey, route))
+		info := &requestInfo{id: reqID, method: r.Method, path: r.URL.Path, template: "unmatched"}
+		r = r.WithContext(context.WithValue(r.Context(), requestKey, info))
 		rec := &statusRecorder{ResponseWriter: w}
 		w = rec
 
@@ -108,8 +98,8 @@ func Middleware(next http.Handler, maxBody int64) http.Handler {
 				if p == http.ErrAbortHandler {
 					panic(p)
 				}
-				panicsTotal.Inc()
-				logger.WithField("panic", p).WithField("stack", string(debug.Stack())).Error("handler panicked")
+				panicsTotal.Add(1)
+				info.log().WithField("panic", p).WithField("stack", string(debug.Stack())).Error("handler panicked")
 				if rec.status == 0 {
 					WriteError(w, r, Unknown("Internal server error"))
 				}
@@ -119,8 +109,10 @@ func Middleware(next http.Handler, maxBody int64) http.Handler {
 				status = http.StatusOK
 			}
 			elapsed := time.Since(start)
-			requestDuration.WithLabelValues(route.template, r.Method, strconv.Itoa(status)).Observe(elapsed.Seconds())
-			logger.WithFields(logrus.Fields{"status": status, "ms": elapsed.Milliseconds(), "bytes": rec.bytes}).Debug("request")
+			observeRequest(info.template, r.Method, status, elapsed.Seconds())
+			if logrus.IsLevelEnabled(logrus.DebugLevel) {
+				info.log().WithFields(logrus.Fields{"status": status, "ms": elapsed.Milliseconds(), "bytes": rec.bytes}).Debug("request")
+			}
 		}()
 
 		h := w.Header()
@@ -172,9 +164,9 @@ func NewRouter() *mux.Router {
 	})
 	r.Use(func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-			if holder, ok := req.Context().Value(routeKey).(*routeName); ok {
+			if info, ok := req.Context().Value(requestKey).(*requestInfo); ok {
 				if tpl, err := mux.CurrentRoute(req).GetPathTemplate(); err == nil {
-					holder.template = tpl
+					info.template = tpl
 				}
 			}
 			next.ServeHTTP(w, req)

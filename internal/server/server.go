@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 
 	"github.com/plexus-chat/plexus/accounts"
@@ -205,7 +204,7 @@ func (s *Server) routes(client *clientapi.API) http.Handler {
 	s.Directory.Register(root, client.Authed)
 	s.Federation.Register(root)
 	s.Media.Register(root, client.Authed)
-	root.Handle("/metrics", promhttp.Handler()).Methods(http.MethodGet)
+	root.Handle("/metrics", httputil.MetricsHandler()).Methods(http.MethodGet)
 	root.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
