@@ -64,6 +64,9 @@ type RemoteKeys struct {
 
 	mu       sync.Mutex
 	resident map[string]residentEntry // room ID -> whether we are in it
+	// forgotten counts forgetResident calls: an answer read before one is
+	// not kept, or a room we just left could be cached as ours again.
+	forgotten uint64
 }
 
 type residentEntry struct {
@@ -85,6 +88,7 @@ func NewRemoteKeys(fed *FederationAPI, rooms KeyRooms) *RemoteKeys {
 func (r *RemoteKeys) forgetResident(roomID string) {
 	r.mu.Lock()
 	delete(r.resident, roomID)
+	r.forgotten++
 	r.mu.Unlock()
 }
 
@@ -224,6 +228,7 @@ func (r *RemoteKeys) weAreIn(ctx context.Context, roomID string) (bool, error) {
 	now := r.now()
 	r.mu.Lock()
 	e, ok := r.resident[roomID]
+	gen := r.forgotten
 	r.mu.Unlock()
 	if ok && now.Before(e.expires) {
 		return e.in, nil
@@ -246,7 +251,9 @@ func (r *RemoteKeys) weAreIn(ctx context.Context, roomID string) (bool, error) {
 	if len(r.resident) >= maxResidentCache {
 		clear(r.resident)
 	}
-	r.resident[roomID] = residentEntry{in: in, expires: now.Add(residentCacheTTL)}
+	if r.forgotten == gen { // else a leave raced with this read
+		r.resident[roomID] = residentEntry{in: in, expires: now.Add(residentCacheTTL)}
+	}
 	r.mu.Unlock()
 	return in, nil
 }

@@ -507,7 +507,9 @@ func TestSenderStoresItsPositionLazilyAfterEventsThatGoNowhere(t *testing.T) {
 	storagetest.ForEach(t, func(t *testing.T, db *storage.DB) {
 		f := newSenderFixture(t, db)
 		f.send("first")
-		senderWait(t, "first delivery", func() bool { return len(f.remote.acceptedPDUs("remote.test")) == 1 })
+		senderWait(t, "first delivery", func() bool {
+			return len(f.remote.acceptedPDUs("remote.test")) == 1 && len(f.remote.acceptedPDUs("other.test")) == 1
+		})
 		carol := testroom.NewServer(t, "remote.test").User("carol")
 		f.room.Join(carol)
 		f.stream.add(f.room.Last())
