@@ -25,10 +25,11 @@ type API struct {
 	rooms    rsapi.RoomserverAPI
 	// waker wakes a user's long-polling syncs after changes the sync API
 	// does not see in the room stream (account data).
-	waker  UserWaker
-	keys   *keyDeps // nil without a key server
-	openID OpenIDTokenIssuer
-	remote RemoteMembership
+	waker   UserWaker
+	catchUp SyncCatchUp // nil: no waiting
+	keys    *keyDeps    // nil without a key server
+	openID  OpenIDTokenIssuer
+	remote  RemoteMembership
 	// queries is nil when federation is off.
 	queries RemoteQueries
 	push    PushStore
@@ -48,6 +49,10 @@ type API struct {
 // UserWaker is the sync API's notifier as the client API sees it.
 type UserWaker interface{ WakeUser(userID string) }
 
+// SyncCatchUp lets a request that made many events wait until /sync shows
+// them all (syncapi/caughtup.go).
+type SyncCatchUp interface{ CaughtUp(ctx context.Context) }
+
 // Deps are the components the client API calls. Accounts and Rooms are
 // required; an absent optional one turns its endpoints off (404
 // M_UNRECOGNIZED, or "other servers not reachable" for RemoteMembership).
@@ -56,6 +61,9 @@ type Deps struct {
 	Rooms    rsapi.RoomserverAPI
 	// Waker wakes long-polling syncs after account data changes.
 	Waker UserWaker
+	// CatchUp, when set, makes room creation and upgrade answer only once
+	// /sync shows the new room whole.
+	CatchUp SyncCatchUp
 	// Keys and KeyChanges serve /keys/* and /room_keys/*.
 	Keys       keyserver.API
 	KeyChanges KeyChanges
@@ -82,7 +90,7 @@ type RemoteQueries interface {
 
 // New makes the client API.
 func New(cfg *config.Config, d Deps) *API {
-	a := &API{cfg: cfg, accounts: d.Accounts, rooms: d.Rooms, waker: d.Waker, uiaa: newUIAASessions(), nonces: newNonceStore(),
+	a := &API{cfg: cfg, accounts: d.Accounts, rooms: d.Rooms, waker: d.Waker, catchUp: d.CatchUp, uiaa: newUIAASessions(), nonces: newNonceStore(),
 		openID: d.OpenID, remote: d.RemoteMembership, queries: d.RemoteQueries, push: d.Push,
 		relations: d.Relations, reports: d.Reports}
 	if d.Keys != nil {
@@ -213,4 +221,13 @@ func (a *API) authenticate(r *http.Request) (*accounts.Session, error) {
 // userID is the full ID of a local user.
 func (a *API) userID(localpart string) string {
 	return "@" + localpart + ":" + a.cfg.ServerName
+}
+
+// syncCaughtUp waits, when the sync API offers it, until /sync shows the
+// events made so far: room creation and upgrade make a room's worth at
+// once, and clients sync right after the answer.
+func (a *API) syncCaughtUp(r *http.Request) {
+	if a.catchUp != nil {
+		a.catchUp.CaughtUp(r.Context())
+	}
 }

@@ -79,6 +79,7 @@ func (a *API) createRoom(w http.ResponseWriter, r *http.Request, s *accounts.Ses
 		return roomError(err)
 	}
 	a.inviteRemoteAfterCreate(r.Context(), roomID, s.Localpart, &req)
+	a.syncCaughtUp(r)
 	httputil.WriteJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 	return nil
 }

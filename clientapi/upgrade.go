@@ -61,6 +61,7 @@ func (a *API) upgradeRoom(w http.ResponseWriter, r *http.Request, s *accounts.Se
 	if err != nil {
 		return roomError(err)
 	}
+	a.syncCaughtUp(r)
 	httputil.WriteJSON(w, http.StatusOK, map[string]string{"replacement_room": newRoomID})
 	return nil
 }

@@ -23,6 +23,7 @@ const consumerName = "roomserver_output"
 type Roomserver interface {
 	OutputSince(ctx context.Context, position int64, limit int) ([]rsapi.OutputEvent, error)
 	Notify(position int64) <-chan struct{}
+	LatestPosition(ctx context.Context) (int64, error)
 	// Event fetches events the stream named but did not carry (state that
 	// entered the room through a fork) and redacted events' new form.
 	Event(ctx context.Context, eventID string) (*rsapi.Event, error)
@@ -44,6 +45,8 @@ type consumer struct {
 	members *localMembers
 	// latest is each room's newest event position (roompositions.go).
 	latest *roomPositions
+	// progress wakes CaughtUp's waiters (caughtup.go).
+	progress progress
 }
 
 func newConsumer(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, n *notifier) (*consumer, error) {
@@ -92,6 +95,7 @@ func (c *consumer) step(ctx context.Context) (int, error) {
 			woken[u] = true
 		}
 		c.pos.Store(out.Position)
+		c.progress.advance()
 	}
 	for u := range woken {
 		c.notifier.wake(u)

@@ -164,7 +164,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		return nil, err
 	}
 	client := clientapi.New(cfg, clientapi.Deps{
-		Accounts: accts, Rooms: rs, Waker: sync,
+		Accounts: accts, Rooms: rs, Waker: sync, CatchUp: sync,
 		Keys: keys, KeyChanges: sync,
 		OpenID:           fed.OpenIDTokens(),
 		RemoteMembership: membership,
