@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 
@@ -33,6 +34,9 @@ type hit struct {
 	event *rsapi.Event
 }
 
+// indexWait bounds how long a search waits for the indexer.
+const indexWait = 2 * time.Second
+
 func (s *SearchAPI) search(w http.ResponseWriter, r *http.Request, sess *accounts.Session) error {
 	data, err := httputil.ReadBody(r)
 	if err != nil {
@@ -47,6 +51,11 @@ func (s *SearchAPI) search(w http.ResponseWriter, r *http.Request, sess *account
 		return nil
 	}
 	ctx := r.Context()
+	// A message a client has seen is found: wait (briefly) for the indexer
+	// to reach what the roomserver had committed when the search came.
+	if latest, err := s.rs.LatestPosition(ctx); err == nil {
+		s.indexed.WaitFor(ctx, latest, indexWait)
+	}
 	userID := s.userID(sess.Localpart)
 	rooms, err := s.roomScope(ctx, userID, req.filter)
 	if err != nil {

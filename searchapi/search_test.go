@@ -1,6 +1,7 @@
 package searchapi_test
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 
@@ -222,4 +223,21 @@ func stringsOf(r gjson.Result) []string {
 		out = append(out, x.String())
 	}
 	return out
+}
+
+// A message is found by a search made right after it was sent, without
+// retrying: the search waits for the indexer, which otherwise gathers
+// events for a moment before it indexes them.
+func TestSearchFindsWhatWasJustSent(t *testing.T) {
+	testserver.ForEachDatabase(t, func(t *testing.T, s *testserver.Server) {
+		alice := s.Register("alice", "pw")
+		roomID := createRoom(t, s, alice, map[string]any{"preset": "private_chat"})
+		for i := range 5 {
+			id := say(t, s, alice, roomID, fmt.Sprintf("quokka number %d", i))
+			r := search(t, s, alice, fmt.Sprintf("quokka %d", i), nil, "")
+			if !hasResult(id)(r) {
+				t.Fatalf("message %d not found right after it was sent: %s", i, r.Raw)
+			}
+		}
+	})
 }

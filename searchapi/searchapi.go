@@ -25,6 +25,7 @@ import (
 // to index, events and state to serve, and the visibility rules.
 type Roomserver interface {
 	streamconsumer.Stream
+	LatestPosition(ctx context.Context) (int64, error)
 	Event(ctx context.Context, eventID string) (*rsapi.Event, error)
 	Memberships(ctx context.Context, userID string) ([]rsapi.Membership, error)
 	ForgottenRooms(ctx context.Context, userID string) ([]string, error)
@@ -41,6 +42,9 @@ type SearchAPI struct {
 	rs         Roomserver
 	serverName string
 	start      int64 // the stored stream position at startup
+	// indexed follows the indexer, so that a search waits for what was
+	// sent before it (search.go).
+	indexed *streamconsumer.Progress
 }
 
 // New opens the search index. Start must be called to index events.
@@ -53,12 +57,13 @@ func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver) 
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return nil, err
 	}
+	s.indexed = streamconsumer.NewProgress(s.start)
 	return s, nil
 }
 
 // Start indexes the roomserver's output until ctx ends.
 func (s *SearchAPI) Start(ctx context.Context) {
-	go streamconsumer.Run(ctx, s.rs, s.start, s.indexBatch, logrus.WithField("component", "searchapi.indexer"))
+	go streamconsumer.Run(ctx, s.rs, s.start, s.indexBatch, logrus.WithField("component", "searchapi.indexer"), s.indexed)
 }
 
 // AuthedHandler is a handler for a logged-in device.

@@ -76,7 +76,7 @@ func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, 
 
 // Start follows the roomserver's output until ctx ends.
 func (d *Directory) Start(ctx context.Context) {
-	go streamconsumer.Run(ctx, d.rs, d.start, d.indexBatch, logrus.WithField("component", "userdirectory"))
+	go streamconsumer.Run(ctx, d.rs, d.start, d.indexBatch, logrus.WithField("component", "userdirectory"), nil)
 }
 
 // AuthedHandler is a handler for a logged-in device.

@@ -7,6 +7,7 @@ package streamconsumer
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -34,12 +35,69 @@ const BatchSize = 100
 // delivered to the clients waiting for it.
 const Gather = 50 * time.Millisecond
 
+// Progress tells how far a Run has consumed, for readers that must see
+// what was committed before they asked (search right after a message).
+type Progress struct {
+	mu    sync.Mutex
+	pos   int64
+	moved chan struct{} // closed and replaced when pos moves
+	hurry chan struct{} // closed and replaced when a reader waits
+}
+
+// NewProgress starts at the consumer's stored position.
+func NewProgress(start int64) *Progress {
+	return &Progress{pos: start, moved: make(chan struct{}), hurry: make(chan struct{})}
+}
+
+func (p *Progress) set(pos int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.pos = pos
+	close(p.moved)
+	p.moved = make(chan struct{})
+}
+
+// WaitFor returns once everything up to target is consumed, ctx ends or
+// max passes. It cuts the consumer's Gather short.
+func (p *Progress) WaitFor(ctx context.Context, target int64, max time.Duration) {
+	timer := time.NewTimer(max)
+	defer timer.Stop()
+	for {
+		p.mu.Lock()
+		pos, moved := p.pos, p.moved
+		close(p.hurry)
+		p.hurry = make(chan struct{})
+		p.mu.Unlock()
+		if pos >= target {
+			return
+		}
+		select {
+		case <-moved:
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+			return
+		}
+	}
+}
+
+func (p *Progress) hurried() <-chan struct{} {
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.hurry
+}
+
 // Run consumes from position start until ctx ends, after a wake waiting
-// Gather for more entries. A failing batch is retried after a pause (the
-// handler's transaction rolled back, so it sees the same batch again).
-func Run(ctx context.Context, stream Stream, start int64, handle Handler, log *logrus.Entry) {
+// Gather for more entries (less when a reader waits on progress). A
+// failing batch is retried after a pause (the handler's transaction
+// rolled back, so it sees the same batch again). progress, when not nil,
+// follows the consumed position.
+func Run(ctx context.Context, stream Stream, start int64, handle Handler, log *logrus.Entry, progress *Progress) {
 	pos := start
-	loop(ctx, Gather, func(ctx context.Context) (int, error) {
+	loop(ctx, Gather, progress.hurried, func(ctx context.Context) (int, error) {
 		batch, err := stream.OutputSince(ctx, pos, BatchSize)
 		if err != nil || len(batch) == 0 {
 			return 0, err
@@ -48,6 +106,9 @@ func Run(ctx context.Context, stream Stream, start int64, handle Handler, log *l
 			return 0, err
 		}
 		pos = batch[len(batch)-1].Position
+		if progress != nil {
+			progress.set(pos)
+		}
 		return len(batch), nil
 	}, func() <-chan struct{} { return stream.Notify(pos) }, log, "consuming room events")
 }
@@ -58,11 +119,12 @@ func Run(ctx context.Context, stream Stream, start int64, handle Handler, log *l
 // channel (taken anew each time), after an error for a second, until ctx
 // ends. what names the work in the error log.
 func Loop(ctx context.Context, step func(context.Context) (int, error), notify func() <-chan struct{}, log *logrus.Entry, what string) {
-	loop(ctx, 0, step, notify, log, what)
+	loop(ctx, 0, nil, step, notify, log, what)
 }
 
-// loop is Loop, waiting gather after each wake.
-func loop(ctx context.Context, gather time.Duration, step func(context.Context) (int, error), notify func() <-chan struct{}, log *logrus.Entry, what string) {
+// loop is Loop, waiting gather after each wake unless hurry's channel
+// closes first.
+func loop(ctx context.Context, gather time.Duration, hurry func() <-chan struct{}, step func(context.Context) (int, error), notify func() <-chan struct{}, log *logrus.Entry, what string) {
 	for {
 		n, err := step(ctx)
 		if err != nil {
@@ -86,10 +148,15 @@ func loop(ctx context.Context, gather time.Duration, step func(context.Context) 
 		case <-notify():
 		}
 		if gather > 0 {
+			var h <-chan struct{}
+			if hurry != nil {
+				h = hurry()
+			}
 			select {
 			case <-ctx.Done():
 				return
 			case <-time.After(gather):
+			case <-h:
 			}
 		}
 	}

@@ -76,7 +76,7 @@ func TestRunResumesRetriesAndWaits(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		Run(ctx, stream, 40, handle, logrus.NewEntry(logrus.New()))
+		Run(ctx, stream, 40, handle, logrus.NewEntry(logrus.New()), nil)
 		close(done)
 	}()
 	waitFor := func(n int) {
@@ -116,7 +116,7 @@ func TestRunGathersAfterAWake(t *testing.T) {
 	go Run(ctx, stream, 0, func(_ context.Context, b []rsapi.OutputEvent) error {
 		batches <- b
 		return nil
-	}, logrus.NewEntry(logrus.New()))
+	}, logrus.NewEntry(logrus.New()), nil)
 	time.Sleep(20 * time.Millisecond) // let Run find the stream empty and wait
 	woke := time.Now()
 	stream.add(1)
@@ -131,5 +131,32 @@ func TestRunGathersAfterAWake(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("nothing consumed")
+	}
+}
+
+// A reader waiting on Progress sees the position reach its target, and
+// cuts the Gather short: it does not wait the full Gather after a wake.
+func TestProgressWaitForCutsTheGatherShort(t *testing.T) {
+	stream := newFakeStream()
+	progress := NewProgress(0)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go Run(ctx, stream, 0, func(context.Context, []rsapi.OutputEvent) error { return nil },
+		logrus.NewEntry(logrus.New()), progress)
+	time.Sleep(20 * time.Millisecond) // let Run find the stream empty and wait
+	stream.add(3)
+	time.Sleep(Gather / 5) // Run is gathering now
+	progress.WaitFor(ctx, 3, 10*time.Second)
+	progress.mu.Lock()
+	pos := progress.pos
+	progress.mu.Unlock()
+	if pos != 3 {
+		t.Fatalf("WaitFor returned at position %d, want 3", pos)
+	}
+	// Nothing to wait for: it returns at once.
+	start := time.Now()
+	progress.WaitFor(ctx, 2, 10*time.Second)
+	if time.Since(start) > time.Second {
+		t.Fatal("WaitFor waited for a position already reached")
 	}
 }
