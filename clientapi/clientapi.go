@@ -224,8 +224,9 @@ func (a *API) userID(localpart string) string {
 }
 
 // syncCaughtUp waits, when the sync API offers it, until /sync shows the
-// events made so far: room creation and upgrade make a room's worth at
-// once, and clients sync right after the answer.
+// events made so far: room creation, upgrade and joins through other
+// servers make a room's worth at once, and clients sync (or page back)
+// right after the answer.
 func (a *API) syncCaughtUp(r *http.Request) {
 	if a.catchUp != nil {
 		a.catchUp.CaughtUp(r.Context())

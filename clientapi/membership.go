@@ -180,6 +180,10 @@ func (a *API) join(w http.ResponseWriter, r *http.Request, s *accounts.Session, 
 		return roomError(err)
 	}
 	if handled {
+		// A join through another server brings the room's state and its
+		// place in the history at once: answer once /sync and /messages
+		// show them, so that paging back right after starts at the join.
+		a.syncCaughtUp(r)
 		httputil.WriteJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 		return nil
 	}
@@ -242,6 +246,7 @@ func (a *API) joinThroughOtherResidents(w http.ResponseWriter, r *http.Request, 
 	if err != nil {
 		return roomError(err)
 	}
+	a.syncCaughtUp(r)
 	httputil.WriteJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 	return nil
 }
