@@ -2,12 +2,11 @@ package syncapi
 
 import (
 	"context"
-	"sync"
 	"time"
 )
 
 // Read-your-writes for requests that make many events at once (room
-// creation and upgrade): the client API waits, before it answers, until
+// creation, upgrade, a join through another server): the client API waits, before it answers, until
 // the sync API has stored every event the roomserver had committed, so a
 // /sync right after the answer shows the whole room rather than its first
 // events. The consumer stores events a moment after they commit; other
@@ -18,30 +17,6 @@ import (
 // burst, a database hiccup) must not hold the request.
 const caughtUpWait = 2 * time.Second
 
-// progress wakes those waiting for the consumer to reach a position.
-type progress struct {
-	mu sync.Mutex
-	ch chan struct{} // closed and replaced when the consumer moves on
-}
-
-func (p *progress) changed() <-chan struct{} {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ch == nil {
-		p.ch = make(chan struct{})
-	}
-	return p.ch
-}
-
-func (p *progress) advance() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ch != nil {
-		close(p.ch)
-		p.ch = nil
-	}
-}
-
 // CaughtUp returns once the sync API has stored every room event the
 // roomserver has committed so far, the context ends or caughtUpWait
 // passes.
@@ -50,19 +25,5 @@ func (s *SyncAPI) CaughtUp(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	timer := time.NewTimer(caughtUpWait)
-	defer timer.Stop()
-	for {
-		ch := s.consumer.progress.changed()
-		if s.consumer.pos.Load() >= target {
-			return
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return
-		case <-timer.C:
-			return
-		}
-	}
+	s.consumer.progress.WaitFor(ctx, target, caughtUpWait)
 }

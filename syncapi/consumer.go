@@ -45,8 +45,8 @@ type consumer struct {
 	members *localMembers
 	// latest is each room's newest event position (roompositions.go).
 	latest *roomPositions
-	// progress wakes CaughtUp's waiters (caughtup.go).
-	progress progress
+	// progress follows pos for CaughtUp's waiters (caughtup.go).
+	progress *streamconsumer.Progress
 }
 
 func newConsumer(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, n *notifier) (*consumer, error) {
@@ -58,6 +58,7 @@ func newConsumer(ctx context.Context, db *storage.DB, serverName string, rs Room
 		return nil, err
 	}
 	c.pos.Store(pos)
+	c.progress = streamconsumer.NewProgress(pos)
 	return c, nil
 }
 
@@ -95,7 +96,7 @@ func (c *consumer) step(ctx context.Context) (int, error) {
 			woken[u] = true
 		}
 		c.pos.Store(out.Position)
-		c.progress.advance()
+		c.progress.Set(out.Position)
 	}
 	for u := range woken {
 		c.notifier.wake(u)

@@ -49,7 +49,9 @@ func NewProgress(start int64) *Progress {
 	return &Progress{pos: start, moved: make(chan struct{}), hurry: make(chan struct{})}
 }
 
-func (p *Progress) set(pos int64) {
+// Set records that everything up to pos is consumed; Run calls it, and
+// consumers with their own loop (Loop) call it themselves.
+func (p *Progress) Set(pos int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.pos = pos
@@ -107,7 +109,7 @@ func Run(ctx context.Context, stream Stream, start int64, handle Handler, log *l
 		}
 		pos = batch[len(batch)-1].Position
 		if progress != nil {
-			progress.set(pos)
+			progress.Set(pos)
 		}
 		return len(batch), nil
 	}, func() <-chan struct{} { return stream.Notify(pos) }, log, "consuming room events")
