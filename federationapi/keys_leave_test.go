@@ -29,18 +29,26 @@ func ksWaitUncached(t *testing.T, s *testserver.Server, userID, what string) {
 	}
 }
 
+// ksCachedRoomMates are alice on a and bob on b in a room of hers, with
+// b caching her device list.
+func ksCachedRoomMates(t *testing.T, opts ...testserver.Option) (a, b *testserver.Server, alice, bob *testserver.User, roomID string) {
+	t.Helper()
+	a, b, alice, bob = ksRoomMates(t, opts...)
+	ksDevice(t, a, alice, 1)
+	ksQuery(t, b, bob, alice.UserID)
+	if _, ok := ksStreamID(t, b, alice.UserID); !ok {
+		t.Fatal("b did not cache the list of a room-mate")
+	}
+	roomID = a.MustOK("GET", "/_matrix/client/v3/joined_rooms", alice.AccessToken, nil).Get("joined_rooms.0").Str
+	return a, b, alice, bob, roomID
+}
+
 // TestDeviceListForgottenWhenWeLeave: bob leaves alice's room, so b
 // drops her list; she adds a device meanwhile (a does not tell b, which
 // shares no room with her); when bob joins again, b asks a afresh.
 func TestDeviceListForgottenWhenWeLeave(t *testing.T) {
 	ksDatabases(t, func(t *testing.T, opts ...testserver.Option) {
-		a, b, alice, bob := ksRoomMates(t, opts...)
-		ksDevice(t, a, alice, 1)
-		ksQuery(t, b, bob, alice.UserID)
-		if _, ok := ksStreamID(t, b, alice.UserID); !ok {
-			t.Fatal("b did not cache the list of a room-mate")
-		}
-		room := a.MustOK("GET", "/_matrix/client/v3/joined_rooms", alice.AccessToken, nil).Get("joined_rooms.0").Str
+		a, b, alice, bob, room := ksCachedRoomMates(t, opts...)
 		b.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/leave", bob.AccessToken, map[string]any{})
 		ksWaitUncached(t, b, alice.UserID, "b to drop alice's list after bob left")
 		ksWaitMembers(t, a, alice, room, 1)
@@ -61,13 +69,7 @@ func TestDeviceListForgottenWhenWeLeave(t *testing.T) {
 // shares with b's users, so b drops her list.
 func TestDeviceListForgottenWhenTheyLeave(t *testing.T) {
 	ksDatabases(t, func(t *testing.T, opts ...testserver.Option) {
-		a, b, alice, bob := ksRoomMates(t, opts...)
-		ksDevice(t, a, alice, 1)
-		ksQuery(t, b, bob, alice.UserID)
-		if _, ok := ksStreamID(t, b, alice.UserID); !ok {
-			t.Fatal("b did not cache the list of a room-mate")
-		}
-		room := a.MustOK("GET", "/_matrix/client/v3/joined_rooms", alice.AccessToken, nil).Get("joined_rooms.0").Str
+		a, b, alice, _, room := ksCachedRoomMates(t, opts...)
 		a.MustOK("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/leave", alice.AccessToken, map[string]any{})
 		ksWaitUncached(t, b, alice.UserID, "b to drop alice's list after she left")
 	})

@@ -54,6 +54,14 @@ func (c *recentOutputs) add(outs []api.OutputEvent) {
 		c.bytes += len(o.Event.JSON())
 	}
 	for len(c.entries) > recentOutputMaxEntries || c.bytes > recentOutputMaxBytes {
+		c.raiseFloor(c.floor + 1)
+	}
+}
+
+// raiseFloor drops the entries up to p, which are then read from the
+// database. Call it with mu held.
+func (c *recentOutputs) raiseFloor(p int64) {
+	for c.floor < p {
 		c.floor++
 		if o, ok := c.entries[c.floor]; ok {
 			delete(c.entries, c.floor)
@@ -69,13 +77,7 @@ func (c *recentOutputs) forget(positions []int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, p := range positions {
-		for c.floor < p {
-			c.floor++
-			if o, ok := c.entries[c.floor]; ok {
-				delete(c.entries, c.floor)
-				c.bytes -= len(o.Event.JSON())
-			}
-		}
+		c.raiseFloor(p)
 	}
 }
 
