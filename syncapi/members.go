@@ -75,26 +75,13 @@ func (m *localMembers) joinedMembers(ctx context.Context, roomID string) ([]loca
 	}
 	m.mu.Unlock()
 
-	rows, err := m.db.Reader().QueryContext(ctx, sqlLocalJoinedMembers, roomID, "%"+likeEscape(m.suffix))
+	members, err := readLocalMembers(ctx, m.db.Reader(), roomID, m.suffix)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var members []localMember
-	set = map[string]string{}
-	for rows.Next() {
-		var u, js string
-		if err := rows.Scan(&u, &js); err != nil {
-			return nil, err
-		}
-		if m.isLocal(u) { // LIKE ignores ASCII case in SQLite
-			name := gjson.Get(js, "content.displayname").String()
-			members = append(members, localMember{u, name})
-			set[u] = name
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
+	set = make(map[string]string, len(members))
+	for _, lm := range members {
+		set[lm.userID] = lm.displayName
 	}
 	m.mu.Lock()
 	if m.gens[roomID] == gen {
@@ -191,4 +178,26 @@ func (m *localMembers) memberCount(roomID string, cacheable bool, load func() (i
 	m.counts[roomID] = n
 	m.mu.Unlock()
 	return n, nil
+}
+
+// readLocalMembers reads the room's joined local users (suffix is ":" and
+// the server name) with their display names from the stored state.
+func readLocalMembers(ctx context.Context, q storage.Querier, roomID, suffix string) ([]localMember, error) {
+	rows, err := q.QueryContext(ctx, sqlLocalJoinedMembers, roomID, "%"+likeEscape(suffix))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var members []localMember
+	for rows.Next() {
+		var u, js string
+		if err := rows.Scan(&u, &js); err != nil {
+			return nil, err
+		}
+		// LIKE ignores ASCII case in SQLite: keep exact matches only.
+		if strings.HasPrefix(u, "@") && strings.HasSuffix(u, suffix) {
+			members = append(members, localMember{u, gjson.Get(js, "content.displayname").String()})
+		}
+	}
+	return members, rows.Err()
 }

@@ -163,15 +163,9 @@ const (
 // threaded receipts.
 const mainThread = "main"
 
-// pushTarget is a local user the event is evaluated for.
-type pushTarget struct {
-	userID string
-	// displayName is their display name when named is set; else
-	// memberJSON is their member event ("" for an invitee).
-	displayName string
-	named       bool
-	memberJSON  string
-}
+// pushTarget is a local user the event is evaluated for, with their
+// display name in the room ("" for an invitee).
+type pushTarget = localMember
 
 func (p *pushEvaluator) record(ctx context.Context, tx *sql.Tx, out rsapi.OutputEvent, members *localMembers) error {
 	ev := out.Event
@@ -244,37 +238,15 @@ func (p *pushEvaluator) targets(ctx context.Context, tx *sql.Tx, out rsapi.Outpu
 			return nil, err
 		}
 		if ok {
-			targets := make([]pushTarget, len(joined))
-			for i, lm := range joined {
-				targets[i] = pushTarget{userID: lm.userID, displayName: lm.displayName, named: true}
-			}
-			return targets, nil
+			return joined, nil
 		}
 	}
-	return p.localMembers(ctx, tx, out.RoomID)
+	// Read in the consumer's transaction, which holds the change.
+	return readLocalMembers(ctx, tx, out.RoomID, ":"+p.serverName)
 }
 
 func (p *pushEvaluator) isLocal(userID string) bool {
 	return strings.HasPrefix(userID, "@") && strings.HasSuffix(userID, ":"+p.serverName)
-}
-
-func (p *pushEvaluator) localMembers(ctx context.Context, tx *sql.Tx, roomID string) ([]pushTarget, error) {
-	rows, err := tx.QueryContext(ctx, sqlLocalJoinedMembers, roomID, "%:"+likeEscape(p.serverName))
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []pushTarget
-	for rows.Next() {
-		var t pushTarget
-		if err := rows.Scan(&t.userID, &t.memberJSON); err != nil {
-			return nil, err
-		}
-		if p.isLocal(t.userID) { // LIKE ignores ASCII case in SQLite
-			out = append(out, t)
-		}
-	}
-	return out, rows.Err()
 }
 
 // likeEscape makes s match literally in a LIKE pattern with ESCAPE '!'.
@@ -432,15 +404,7 @@ type pushMember struct {
 	target pushTarget
 }
 
-func (m *pushMember) DisplayName() string {
-	if m.target.named {
-		return m.target.displayName
-	}
-	if m.target.memberJSON == "" {
-		return ""
-	}
-	return gjson.Get(m.target.memberJSON, "content.displayname").String()
-}
+func (m *pushMember) DisplayName() string { return m.target.displayName }
 
 // pushAccountData serves m.push_rules in /sync's account data merged with
 // the server defaults. A user who never changed their rules gets the
