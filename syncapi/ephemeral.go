@@ -60,9 +60,12 @@ func (s *SyncAPI) syncEphemeral(ctx context.Context, req *syncRequest, since Tok
 		if err := tx.QueryRowContext(ctx, sqlReceiptStreamPos).Scan(&receiptPos); err != nil {
 			return err
 		}
-		receipts, err := receiptsSince(ctx, tx, req.userID, since.Receipt, receiptPos)
-		if err != nil {
-			return err
+		var receipts map[string]map[string]map[string]map[string]any
+		if receiptPos > since.Receipt {
+			var err error
+			if receipts, err = receiptsSince(ctx, tx, req.userID, since.Receipt, receiptPos); err != nil {
+				return err
+			}
 		}
 		typing, typingPos := s.typing.changes(since.Typing, initial, joined)
 		next.Typing, next.Receipt = typingPos, receiptPos
@@ -89,6 +92,9 @@ func (s *SyncAPI) syncEphemeral(ctx context.Context, req *syncRequest, since Tok
 			jr.Ephemeral.Events = append(jr.Ephemeral.Events, events...)
 		}
 
+		if len(resp.Rooms.Join) == 0 {
+			return nil // no unread counts to give
+		}
 		marks, err := readPositions(ctx, tx, req.userID)
 		if err != nil {
 			return err

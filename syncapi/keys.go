@@ -182,7 +182,7 @@ func (s *SyncAPI) membershipCandidates(ctx context.Context, tx *sql.Tx, userID s
 		}
 	}
 	// Others joining or leaving the rooms the user is in: only rooms with
-	// events in the window can have any (roompositions.go).
+	// membership events in the window can have any (roompositions.go).
 	if in == nil {
 		var err error
 		if in, err = joinedRooms(ctx, tx, userID, to); err != nil {
@@ -190,7 +190,7 @@ func (s *SyncAPI) membershipCandidates(ctx context.Context, tx *sql.Tx, userID s
 		}
 	}
 	for roomID := range in {
-		latest, err := s.consumer.latest.latest(ctx, tx, roomID)
+		latest, err := s.consumer.latest.latestMember(ctx, tx, roomID)
 		if err != nil {
 			return err
 		}

@@ -22,7 +22,7 @@ func TestRoomPositionsLoadOnceAndNeverGoBack(t *testing.T) {
 			}
 		}
 		r := newRoomPositions()
-		r.advance("!b:x", 9) // consumed after the snapshot below was taken
+		r.advance("!b:x", 9, false) // consumed after the snapshot below was taken
 		latest := func(room string) int64 {
 			t.Helper()
 			var pos int64
@@ -43,10 +43,62 @@ func TestRoomPositionsLoadOnceAndNeverGoBack(t *testing.T) {
 		if got := latest("!none:x"); got != 0 {
 			t.Errorf("a room without events: %d", got)
 		}
-		r.advance("!a:x", 2) // never backwards
-		r.advance("!none:x", 7)
+		r.advance("!a:x", 2, false) // never backwards
+		r.advance("!none:x", 7, false)
 		if a, none := latest("!a:x"), latest("!none:x"); a != 4 || none != 7 {
 			t.Errorf("after advancing: a %d (want 4), none %d (want 7)", a, none)
+		}
+	})
+}
+
+func TestRoomPositionsLatestMembershipEvent(t *testing.T) {
+	storagetest.ForEach(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		if err := db.Migrate(ctx, component, migrations); err != nil {
+			t.Fatal(err)
+		}
+		join := "join"
+		for i, e := range []struct {
+			room, evType string
+			stateKey     *string
+		}{
+			{"!a:x", "m.room.member", &join}, {"!a:x", "m.room.message", nil}, {"!b:x", "m.room.message", nil},
+		} {
+			var membership *string
+			if e.stateKey != nil {
+				membership = &join
+			}
+			if _, err := db.Writer().ExecContext(ctx, sqlInsertEvent, "$e"+string(rune('0'+i)), 3+i, e.room, e.evType, "@u:x",
+				e.stateKey, membership, "10", `{}`, "", "", "[]", "[]"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r := newRoomPositions()
+		member := func(room string) int64 {
+			t.Helper()
+			var pos int64
+			if err := db.ReadTx(ctx, func(tx *sql.Tx) (err error) {
+				pos, err = r.latestMember(ctx, tx, room)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			return pos
+		}
+		if got := member("!a:x"); got != 3 {
+			t.Errorf("room a's membership event, read from the events: %d, want 3 (not the later message)", got)
+		}
+		if got := member("!b:x"); got != 0 {
+			t.Errorf("room b has no membership event: %d", got)
+		}
+		r.advance("!b:x", 8, false)
+		if got := member("!b:x"); got != 0 {
+			t.Errorf("a message moved room b's membership position to %d", got)
+		}
+		r.advance("!b:x", 9, true)
+		r.advance("!a:x", 1, true) // never backwards
+		if a, b := member("!a:x"), member("!b:x"); a != 3 || b != 9 {
+			t.Errorf("after advancing: a %d (want 3), b %d (want 9)", a, b)
 		}
 	})
 }

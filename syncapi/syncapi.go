@@ -49,6 +49,9 @@ type SyncAPI struct {
 	keys KeyServer
 	// unread keeps notification counts between syncs (unreadcache.go).
 	unread *unreadCache
+	// toDeviceCleared spares syncs the look for acknowledged to-device
+	// messages (todevice.go).
+	toDeviceCleared clearedMarks
 }
 
 // New opens the sync API's storage. Start must be called to consume events.

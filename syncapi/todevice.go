@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -197,7 +198,7 @@ func (s *SyncAPI) toDeviceRecipients(ctx context.Context, log *logrus.Entry, mes
 // syncToDevice deletes the messages the client acknowledged with since and
 // returns the next ones for its device.
 func (s *SyncAPI) syncToDevice(ctx context.Context, req *syncRequest, since Token, next *Token, resp *syncResponse) error {
-	if since.ToDevice > 0 {
+	if since.ToDevice > s.toDeviceCleared.get(req.userID, req.deviceID) {
 		// Look before deleting, so that most syncs need no write.
 		var one int
 		err := s.db.Reader().QueryRowContext(ctx, sqlHasAckedToDevice, req.userID, req.deviceID, since.ToDevice).Scan(&one)
@@ -209,6 +210,7 @@ func (s *SyncAPI) syncToDevice(ctx context.Context, req *syncRequest, since Toke
 		case !errors.Is(err, sql.ErrNoRows):
 			return err
 		}
+		s.toDeviceCleared.set(req.userID, req.deviceID, since.ToDevice)
 	}
 	rows, err := s.db.Reader().QueryContext(ctx, sqlPendingToDevice, req.userID, req.deviceID, since.ToDevice, maxToDevicePerSync)
 	if err != nil {
@@ -231,4 +233,30 @@ func (s *SyncAPI) syncToDevice(ctx context.Context, req *syncRequest, since Toke
 		next.ToDevice = pos
 	}
 	return rows.Err()
+}
+
+// clearedMarks remembers, per device, a position up to which it has no
+// to-device messages left: the ones up to it were acknowledged and
+// deleted. New messages take higher positions (the counter only grows),
+// so a mark never goes stale, and a sync acknowledging nothing newer
+// needs no look at the table.
+type clearedMarks struct {
+	mu    sync.Mutex
+	marks map[[2]string]int64
+}
+
+func (c *clearedMarks) get(userID, deviceID string) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.marks[[2]string{userID, deviceID}]
+}
+
+func (c *clearedMarks) set(userID, deviceID string, pos int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.marks == nil {
+		c.marks = map[[2]string]int64{}
+	}
+	k := [2]string{userID, deviceID}
+	c.marks[k] = max(c.marks[k], pos)
 }
