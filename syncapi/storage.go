@@ -155,6 +155,16 @@ CREATE TABLE syncapi_pushers (
 	PRIMARY KEY (app_id, pushkey, user_id)
 );
 CREATE INDEX syncapi_pushers_user ON syncapi_pushers (user_id);`,
+}, {
+	// Every /sync lists the user's memberships (and presence and device
+	// lists ask who shares a room with whom): an index that holds the
+	// columns they read answers them without a seek into the table per
+	// room. (Not a partial index on type = 'm.room.member': SQLite then
+	// compiles the statements that read the table again at every run.)
+	Version: 6,
+	SQL: `
+CREATE INDEX syncapi_current_state_member ON syncapi_current_state (type, state_key, membership, room_id, event_id, pos);
+DROP INDEX syncapi_current_state_key;`,
 }}
 
 const (
