@@ -26,7 +26,9 @@ const (
 
 // buildEvent builds and signs a local event at the room's current state:
 // its prev_events are the forward extremities and its auth_events the
-// state the auth rules need.
+// state the auth rules need. It then checks the event against the auth
+// rules with those same events (the state it was built on), and returns
+// an *api.NotAllowedError when they refuse it.
 func (r *Roomserver) buildEvent(ctx context.Context, tx *sql.Tx, rm *room, ev api.NewEvent) (gomatrixserverlib.PDU, error) {
 	if err := checkFields(ev); err != nil {
 		return nil, err
@@ -83,7 +85,14 @@ func (r *Roomserver) buildEvent(ctx context.Context, tx *sql.Tx, rm *room, ev ap
 		authIDs = append(authIDs, a.EventID())
 	}
 	proto.AuthEvents = authIDs
-	return r.sign(rm.verImpl, &proto)
+	pdu, err := r.sign(rm.verImpl, &proto)
+	if err != nil {
+		return nil, err
+	}
+	if err := allowed(pdu, authEvents); err != nil {
+		return nil, err
+	}
+	return pdu, nil
 }
 
 func (r *Roomserver) sign(verImpl gomatrixserverlib.IRoomVersion, proto *gomatrixserverlib.ProtoEvent) (gomatrixserverlib.PDU, error) {
@@ -182,9 +191,6 @@ func (r *Roomserver) sendLocal(ctx context.Context, t *txn, rm *room, ev api.New
 	}
 	pdu, err := r.buildEvent(ctx, t.Tx, rm, ev)
 	if err != nil {
-		return nil, err
-	}
-	if err := r.checkAuth(ctx, t.Tx, pdu, rm.snapshot); err != nil {
 		return nil, err
 	}
 	if pdu.Type() == spec.MRoomRedaction {

@@ -61,9 +61,6 @@ func (r *Roomserver) MembershipTemplate(ctx context.Context, roomID, userID stri
 		if err != nil {
 			return err
 		}
-		if err := r.checkAuth(ctx, tx, pdu, rm.snapshot); err != nil {
-			return err
-		}
 		js := pdu.JSON()
 		for _, k := range []string{"hashes", "signatures", "event_id", "unsigned"} {
 			if js, err = sjson.DeleteBytes(js, k); err != nil {
@@ -89,10 +86,8 @@ func (r *Roomserver) BuildMembershipEvent(ctx context.Context, ev api.NewEvent) 
 		if err != nil {
 			return err
 		}
-		if pdu, err = r.buildEvent(ctx, tx, rm, ev); err != nil {
-			return err
-		}
-		return r.checkAuth(ctx, tx, pdu, rm.snapshot)
+		pdu, err = r.buildEvent(ctx, tx, rm, ev)
+		return err
 	})
 	if err != nil {
 		return nil, err

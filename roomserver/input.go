@@ -267,6 +267,12 @@ func (r *Roomserver) checkAuth(ctx context.Context, q storage.Querier, pdu gomat
 	if err != nil {
 		return err
 	}
+	return allowed(pdu, authEvents)
+}
+
+// allowed checks an event against the auth rules with the given state
+// events.
+func allowed(pdu gomatrixserverlib.PDU, authEvents []gomatrixserverlib.PDU) error {
 	provider, err := gomatrixserverlib.NewAuthEvents(authEvents)
 	if err != nil {
 		return err
