@@ -183,20 +183,24 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	for path, h := range media.FederationRoutes() {
 		fed.Handle(path, federationapi.Handler(h), http.MethodGet)
 	}
+	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs, Sync: sync, Federation: fed,
+		Keys: keys, Sender: sender, Media: media}
+	s.Search, s.Directory = search, directory
+	if s.Handler, err = s.routes(client); err != nil {
+		db.Close()
+		return nil, err
+	}
 	bg, stop := context.WithCancel(context.Background())
+	s.stop = stop
 	sync.Start(bg)
 	sender.Start(bg)
 	deviceLists.Start(bg) // Shutdown waits for it with the sender
 	search.Start(bg)
 	directory.Start(bg)
-	s := &Server{Config: cfg, DB: db, Key: key, Accounts: accts, Roomserver: rs, Sync: sync, Federation: fed,
-		Keys: keys, Sender: sender, Media: media, stop: stop}
-	s.Search, s.Directory = search, directory
-	s.Handler = s.routes(client)
 	return s, nil
 }
 
-func (s *Server) routes(client *clientapi.API) http.Handler {
+func (s *Server) routes(client *clientapi.API) (http.Handler, error) {
 	root := httputil.NewRouter()
 	client.Register(root)
 	s.Sync.Register(root, client.Authed)
@@ -216,9 +220,13 @@ func (s *Server) routes(client *clientapi.API) http.Handler {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("OK"))
 	}).Methods(http.MethodGet)
+	routes, err := httputil.IndexRoutes(root)
+	if err != nil {
+		return nil, err
+	}
 	// Uploads may be larger than other requests (media.max_upload_size).
-	uploads := httputil.Middleware(root, max(s.Config.MaxRequestBodySize, s.Media.MaxUploadSize()))
-	return mediaapi.SplitUploads(httputil.Middleware(root, s.Config.MaxRequestBodySize), uploads)
+	uploads := httputil.Middleware(routes, max(s.Config.MaxRequestBodySize, s.Media.MaxUploadSize()))
+	return mediaapi.SplitUploads(httputil.Middleware(routes, s.Config.MaxRequestBodySize), uploads), nil
 }
 
 // Listen opens the configured listeners; Serve then serves on them. They
