@@ -75,6 +75,9 @@ func (a *Accounts) AccountDataSince(ctx context.Context, localpart string, since
 	if err := a.db.Reader().QueryRowContext(ctx, sqlAccountDataPos).Scan(&pos); err != nil {
 		return nil, 0, err
 	}
+	if pos <= since {
+		return nil, pos, nil // nothing written since: most syncs
+	}
 	rows, err := a.db.Reader().QueryContext(ctx, sqlAccountDataSince, normalise(localpart), since, pos)
 	if err != nil {
 		return nil, 0, err

@@ -1,10 +1,14 @@
 package syncapi
 
 import (
+	"sync/atomic"
+
 	"context"
 	"database/sql"
 	"errors"
 	"net/http"
+
+	"github.com/plexus-chat/plexus/storage"
 
 	"github.com/gorilla/mux"
 )
@@ -47,10 +51,52 @@ const (
 
 // reservePositions takes n new positions of a stream in tx and returns the
 // last; the positions are last-n+1 … last.
-func reservePositions(ctx context.Context, tx *sql.Tx, stream string, n int) (int64, error) {
+func (s *SyncAPI) reservePositions(ctx context.Context, tx *sql.Tx, stream string, n int) (int64, error) {
 	var last int64
-	err := tx.QueryRowContext(ctx, sqlAdvanceCounter, stream, n).Scan(&last)
-	return last, err
+	if err := tx.QueryRowContext(ctx, sqlAdvanceCounter, stream, n).Scan(&last); err != nil {
+		return 0, err
+	}
+	s.heads.advance(stream, last)
+	return last, nil
+}
+
+// streamHeads holds, for the counted streams, a position no committed row
+// is beyond: it moves when a position is taken, before the commit, so it
+// is never behind the database (at worst ahead, after a rollback). A sync
+// whose token is at the head has nothing to read from that stream.
+type streamHeads struct {
+	toDevice, presence atomic.Int64
+}
+
+func (h *streamHeads) of(stream string) *atomic.Int64 {
+	if stream == streamToDevice {
+		return &h.toDevice
+	}
+	return &h.presence
+}
+
+func (h *streamHeads) advance(stream string, pos int64) {
+	head := h.of(stream)
+	for {
+		cur := head.Load()
+		if pos <= cur || head.CompareAndSwap(cur, pos) {
+			return
+		}
+	}
+}
+
+// load starts the heads at the stored counters.
+func (h *streamHeads) load(ctx context.Context, db *storage.DB) error {
+	return db.ReadTx(ctx, func(tx *sql.Tx) error {
+		for _, stream := range []string{streamToDevice, streamPresence} {
+			pos, err := streamPosition(ctx, tx, stream)
+			if err != nil {
+				return err
+			}
+			h.advance(stream, pos)
+		}
+		return nil
+	})
 }
 
 // streamPosition is a stream's newest position, 0 when none was taken.

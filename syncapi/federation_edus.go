@@ -194,7 +194,7 @@ func (s *SyncAPI) RemotePresence(ctx context.Context, userID, presence string, s
 		}
 		changed = !found || old.effective(now) != next.effective(now) || old.StatusMsg != next.StatusMsg
 		if changed {
-			if next.Pos, err = reservePositions(ctx, tx, streamPresence, 1); err != nil {
+			if next.Pos, err = s.reservePositions(ctx, tx, streamPresence, 1); err != nil {
 				return err
 			}
 		}
@@ -269,7 +269,7 @@ func (s *SyncAPI) RemoteToDevice(ctx context.Context, sender, eventType, message
 		if len(msgs) == 0 {
 			return nil
 		}
-		last, err := reservePositions(ctx, tx, streamToDevice, len(msgs))
+		last, err := s.reservePositions(ctx, tx, streamToDevice, len(msgs))
 		if err != nil {
 			return err
 		}

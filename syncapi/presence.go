@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/plexus-chat/plexus/accounts"
@@ -138,26 +139,36 @@ func loadPresence(ctx context.Context, q storage.Querier, userID string) (presen
 // it a new position and wakes everyone who shares a room with the user.
 func (s *SyncAPI) updatePresence(ctx context.Context, userID string, u presenceUpdate) error {
 	now := storage.NowMillis()
-	// Most syncs change nothing: find that out without a write transaction.
-	old, found, err := loadPresence(ctx, s.db.Reader(), userID)
-	if err != nil {
-		return err
+	// Most syncs change nothing: find that out without a write
+	// transaction, and mostly without a read (the state last stored).
+	old, found := s.localPresence.get(userID)
+	if !found {
+		var err error
+		if old, found, err = loadPresence(ctx, s.db.Reader(), userID); err != nil {
+			return err
+		}
+		if found {
+			s.localPresence.set(userID, old)
+		}
 	}
 	if _, write, _ := u.apply(old, found, now); !write {
 		return nil
 	}
 	changed := false
-	err = s.db.WithTx(ctx, func(tx *sql.Tx) error {
+	var stored presenceState
+	err := s.db.WithTx(ctx, func(tx *sql.Tx) error {
 		old, found, err := loadPresence(ctx, tx, userID)
 		if err != nil {
 			return err
 		}
+		stored = old
 		next, write, ch := u.apply(old, found, now)
 		if changed = ch; !write {
 			return nil
 		}
+		stored = next
 		if changed {
-			if next.Pos, err = reservePositions(ctx, tx, streamPresence, 1); err != nil {
+			if next.Pos, err = s.reservePositions(ctx, tx, streamPresence, 1); err != nil {
 				return err
 			}
 		}
@@ -168,8 +179,12 @@ func (s *SyncAPI) updatePresence(ctx context.Context, userID string, u presenceU
 		_, err = tx.ExecContext(ctx, sqlUpsertPresence, userID, next.Presence, msg, next.LastActiveTS, next.LastSeenTS, next.Pos)
 		return err
 	})
-	if err != nil || !changed {
+	if err != nil {
 		return err
+	}
+	s.localPresence.set(userID, stored)
+	if !changed {
+		return nil
 	}
 	s.federatePresence(ctx, userID) // to servers sharing a room with the user (federation_edus.go)
 	return s.wakeRoomPeers(ctx, userID)
@@ -216,6 +231,9 @@ func (s *SyncAPI) syncPresence(ctx context.Context, req *syncRequest, since Toke
 	limit := maxPresencePerSync
 	if f != nil && f.Limit > 0 {
 		limit = min(f.Limit, limit)
+	}
+	if s.heads.presence.Load() <= since.Presence {
+		return nil // nothing new; next.Presence stays where it was
 	}
 	now := storage.NowMillis()
 	return s.db.ReadTx(ctx, func(tx *sql.Tx) error {
@@ -326,4 +344,28 @@ func (s *SyncAPI) getPresence(w http.ResponseWriter, r *http.Request, sess *acco
 	}
 	httputil.WriteJSON(w, http.StatusOK, p.content(storage.NowMillis()))
 	return nil
+}
+
+// presenceCache keeps the presence last stored for each local user who
+// synced, which only this process writes (updatePresence), so that a sync
+// that changes nothing needs no read to find that out.
+type presenceCache struct {
+	mu    sync.Mutex
+	users map[string]presenceState
+}
+
+func (c *presenceCache) get(userID string) (presenceState, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.users[userID]
+	return p, ok
+}
+
+func (c *presenceCache) set(userID string, p presenceState) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.users == nil {
+		c.users = map[string]presenceState{}
+	}
+	c.users[userID] = p
 }

@@ -52,6 +52,11 @@ type SyncAPI struct {
 	// toDeviceCleared spares syncs the look for acknowledged to-device
 	// messages (todevice.go).
 	toDeviceCleared clearedMarks
+	// localPresence is the presence stored for local users (presence.go).
+	localPresence presenceCache
+	// heads are the to-device and presence streams' newest positions
+	// (devicemessaging.go).
+	heads streamHeads
 }
 
 // New opens the sync API's storage. Start must be called to consume events.
@@ -69,6 +74,9 @@ func New(ctx context.Context, db *storage.DB, serverName string, rs Roomserver, 
 	}
 	s := &SyncAPI{db: db, serverName: serverName, accounts: accts, notifier: n, consumer: c, rs: rs, unread: newUnreadCache()}
 	s.typing = newTypingState(s.wakeRoom)
+	if err := s.heads.load(ctx, db); err != nil {
+		return nil, err
+	}
 	for _, o := range opts { // options: federation_edus.go, keys.go, backfill.go
 		o(s)
 	}

@@ -122,7 +122,7 @@ func (s *SyncAPI) sendToDevice(w http.ResponseWriter, r *http.Request, sess *acc
 		if len(msgs) == 0 {
 			return nil
 		}
-		last, err := reservePositions(ctx, tx, streamToDevice, len(msgs))
+		last, err := s.reservePositions(ctx, tx, streamToDevice, len(msgs))
 		if err != nil {
 			return err
 		}
@@ -211,6 +211,9 @@ func (s *SyncAPI) syncToDevice(ctx context.Context, req *syncRequest, since Toke
 			return err
 		}
 		s.toDeviceCleared.set(req.userID, req.deviceID, since.ToDevice)
+	}
+	if s.heads.toDevice.Load() <= since.ToDevice {
+		return nil // no message after since for anyone
 	}
 	rows, err := s.db.Reader().QueryContext(ctx, sqlPendingToDevice, req.userID, req.deviceID, since.ToDevice, maxToDevicePerSync)
 	if err != nil {

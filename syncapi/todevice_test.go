@@ -163,3 +163,37 @@ func TestSendToDeviceErrors(t *testing.T) {
 		t.Fatalf("message after failed attempts not delivered: %s", r.Get("to_device").Raw)
 	}
 }
+
+// TestToDeviceAndPresenceWaitingAcrossARestart: a sync skips the
+// to-device and presence tables when their newest positions (kept in
+// memory) are not past its token. After a restart those positions must
+// come from the database again, or messages and changes that arrived
+// before it would never be delivered.
+func TestToDeviceAndPresenceWaitingAcrossARestart(t *testing.T) {
+	s := testserver.New(t)
+	alice := s.Register("alice", "pw")
+	bob := s.Register("bob", "pw")
+	roomID := createRoom(t, s, alice.UserID)
+	setMembership(t, s, roomID, bob.UserID, bob.UserID, "join")
+	since := syncUntil(t, s, bob, "", "", func(r gjson.Result) bool {
+		return r.Get("rooms.join." + gjson.Escape(roomID)).Exists()
+	}).Get("next_batch").String()
+	// Nothing new for bob in either stream at his token.
+	if r := syncNow(s, bob, since); r.Get("to_device.events.#").Int() != 0 {
+		t.Fatalf("to-device before any was sent: %s", r.Get("to_device").Raw)
+	}
+
+	s.MustOK("PUT", sendToDevicePath("m.test", "t1"), alice.AccessToken, map[string]any{"messages": map[string]any{
+		bob.UserID: map[string]any{bob.DeviceID: map[string]int{"n": 1}},
+	}})
+	s.MustOK("PUT", presencePath(alice.UserID), alice.AccessToken, map[string]any{"presence": "unavailable", "status_msg": "away"})
+	s.Restart()
+
+	r := syncNow(s, bob, since)
+	if r.Get("to_device.events.#").Int() != 1 || r.Get("to_device.events.0.content.n").Int() != 1 {
+		t.Fatalf("the message sent before the restart: %s", r.Get("to_device").Raw)
+	}
+	if p := presenceOf(r, alice.UserID); p.Get("content.status_msg").String() != "away" {
+		t.Fatalf("alice's presence change from before the restart: %s", r.Get("presence").Raw)
+	}
+}
