@@ -158,6 +158,7 @@ func (k *KeyServer) UploadKeys(ctx context.Context, req UploadRequest) (map[stri
 		seen[f.algorithm] = true
 	}
 	var counts map[string]int
+	defer k.counts.changed(req.UserID, req.DeviceID)
 	err = k.withChanges(ctx, func(tx *sql.Tx, c *changes) error {
 		var stored []byte
 		var storedJSON, ed string
@@ -261,6 +262,18 @@ func otkCounts(ctx context.Context, q interface {
 
 // KeyCounts implements API.
 func (k *KeyServer) KeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, []string, error) {
+	counts, unused, gen, ok := k.counts.get(userID, deviceID)
+	if ok {
+		return counts, unused, nil
+	}
+	counts, unused, err := k.readKeyCounts(ctx, userID, deviceID)
+	if err == nil {
+		k.counts.put(userID, deviceID, gen, counts, unused)
+	}
+	return counts, unused, err
+}
+
+func (k *KeyServer) readKeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, []string, error) {
 	counts, err := otkCounts(ctx, k.db.Reader(), userID, deviceID)
 	if err != nil {
 		return nil, nil, err
@@ -497,6 +510,7 @@ func (k *KeyServer) ClaimKeys(ctx context.Context, requester string, query map[s
 // loses the race finds nothing to delete and looks again. Every lost race
 // means another claim took a key, so the loop ends.
 func (k *KeyServer) claimOne(ctx context.Context, userID, deviceID, alg string) (keyID, js string, ok bool, err error) {
+	defer k.counts.changed(userID, deviceID)
 	w := k.db.Writer()
 	for {
 		if err := ctx.Err(); err != nil {
@@ -535,6 +549,7 @@ func (k *KeyServer) DeleteDeviceKeys(ctx context.Context, userID string, deviceI
 	if len(deviceIDs) == 0 {
 		return nil
 	}
+	defer k.counts.changed(userID, deviceIDs...)
 	return k.withChanges(ctx, func(tx *sql.Tx, c *changes) error {
 		for _, id := range deviceIDs {
 			if err := deleteDevice(ctx, tx, c, userID, id); err != nil {
@@ -547,6 +562,8 @@ func (k *KeyServer) DeleteDeviceKeys(ctx context.Context, userID string, deviceI
 
 // DeleteAllDeviceKeys implements API.
 func (k *KeyServer) DeleteAllDeviceKeys(ctx context.Context, userID, exceptDeviceID string) error {
+	var deleted []string
+	defer func() { k.counts.changed(userID, deleted...) }()
 	return k.withChanges(ctx, func(tx *sql.Tx, c *changes) error {
 		rows, err := tx.QueryContext(ctx, sqlDeviceIDsWithKeys, userID)
 		if err != nil {
@@ -567,6 +584,7 @@ func (k *KeyServer) DeleteAllDeviceKeys(ctx context.Context, userID, exceptDevic
 		if err := rows.Err(); err != nil {
 			return err
 		}
+		deleted = append(deleted, ids...)
 		for _, id := range ids {
 			if err := deleteDevice(ctx, tx, c, userID, id); err != nil {
 				return err

@@ -25,6 +25,7 @@ type KeyServer struct {
 	accounts   Accounts
 	remote     RemoteKeys // nil until federation provides it
 	stream     *stream
+	counts     *countCache // KeyCounts' answers (countcache.go)
 }
 
 // Option configures the key server at construction.
@@ -46,7 +47,7 @@ func New(ctx context.Context, db *storage.DB, serverName string, accts Accounts,
 	if err := db.Reader().QueryRowContext(ctx, sqlStreamPos, streamDeviceList).Scan(&pos); err != nil {
 		return nil, err
 	}
-	k := &KeyServer{db: db, serverName: serverName, accounts: accts, stream: newStream(pos)}
+	k := &KeyServer{db: db, serverName: serverName, accounts: accts, stream: newStream(pos), counts: newCountCache()}
 	for _, o := range opts {
 		o(k)
 	}

@@ -109,7 +109,8 @@ func (c *consumer) step(ctx context.Context) (int, error) {
 // room's joined members, and whoever a membership event is about.
 func (c *consumer) consume(ctx context.Context, out rsapi.OutputEvent) ([]string, error) {
 	ev := out.Event
-	c.latest.advance(out.RoomID, out.Position, ev.Type() == spec.MRoomMember) // before any sync can see the event
+	// Before any sync can see the event.
+	c.latest.advance(out.RoomID, out.Position, len(out.AddsState) > 0 || len(out.RemovesState) > 0)
 	err := c.db.WithTx(ctx, func(tx *sql.Tx) error {
 		adds, _ := json.Marshal(nonNil(out.AddsState))
 		removes, _ := json.Marshal(nonNil(out.RemovesState))

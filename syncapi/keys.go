@@ -181,8 +181,8 @@ func (s *SyncAPI) membershipCandidates(ctx context.Context, tx *sql.Tx, userID s
 			}
 		}
 	}
-	// Others joining or leaving the rooms the user is in: only rooms with
-	// membership events in the window can have any (roompositions.go).
+	// Others joining or leaving the rooms the user is in: only rooms whose
+	// state changed in the window can have any (roompositions.go).
 	if in == nil {
 		var err error
 		if in, err = joinedRooms(ctx, tx, userID, to); err != nil {
@@ -190,7 +190,7 @@ func (s *SyncAPI) membershipCandidates(ctx context.Context, tx *sql.Tx, userID s
 		}
 	}
 	for roomID := range in {
-		latest, err := s.consumer.latest.latestMember(ctx, tx, roomID)
+		latest, err := s.consumer.latest.latestState(ctx, tx, roomID)
 		if err != nil {
 			return err
 		}

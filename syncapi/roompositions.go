@@ -16,51 +16,54 @@ import (
 // never behind what a sync's snapshot can see (at worst ahead, which only
 // means a room is looked at for nothing).
 //
-// It also remembers the newest membership event of each room, so that the
-// device list part of a sync (keys.go) looks for others' joins and leaves
-// only in rooms that had one.
+// It also remembers the newest event of each room that changed its current
+// state, so that a sync looks for others' joins and leaves (the device
+// list part, keys.go) and recounts the room summary only in rooms whose
+// state changed.
 type roomPositions struct {
-	mu     sync.Mutex
-	pos    map[string]int64
-	member map[string]int64
+	mu    sync.Mutex
+	pos   map[string]int64
+	state map[string]int64
 }
 
 func newRoomPositions() *roomPositions {
-	return &roomPositions{pos: map[string]int64{}, member: map[string]int64{}}
+	return &roomPositions{pos: map[string]int64{}, state: map[string]int64{}}
 }
 
-// advance records an event at pos in the room (a membership event when
-// member is true); call it before the event becomes visible to syncs.
-func (r *roomPositions) advance(roomID string, pos int64, member bool) {
+// advance records an event at pos in the room (one that changed the
+// room's current state when stateChanged is true); call it before the
+// event becomes visible to syncs.
+func (r *roomPositions) advance(roomID string, pos int64, stateChanged bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if pos > r.pos[roomID] {
 		r.pos[roomID] = pos
 	}
-	if member && pos > r.member[roomID] {
-		r.member[roomID] = pos
+	if stateChanged && pos > r.state[roomID] {
+		r.state[roomID] = pos
 	}
 }
 
-// latestMember returns the position of the room's newest membership
-// event, reading it the first time a room is asked for (after a start).
-func (r *roomPositions) latestMember(ctx context.Context, tx *sql.Tx, roomID string) (int64, error) {
+// latestState returns the position of the room's newest event that
+// changed its current state, reading it the first time a room is asked
+// for (after a start).
+func (r *roomPositions) latestState(ctx context.Context, tx *sql.Tx, roomID string) (int64, error) {
 	r.mu.Lock()
-	pos, ok := r.member[roomID]
+	pos, ok := r.state[roomID]
 	r.mu.Unlock()
 	if ok {
 		return pos, nil
 	}
 	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(pos), 0) FROM syncapi_events
-		WHERE room_id = $1 AND type = 'm.room.member'`, roomID).Scan(&pos); err != nil {
+		WHERE room_id = $1 AND (adds_state <> '[]' OR removes_state <> '[]')`, roomID).Scan(&pos); err != nil {
 		return 0, err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if known, ok := r.member[roomID]; !ok || pos > known {
-		r.member[roomID] = pos
+	if known, ok := r.state[roomID]; !ok || pos > known {
+		r.state[roomID] = pos
 	}
-	return r.member[roomID], nil
+	return r.state[roomID], nil
 }
 
 // latest returns the room's newest event position, reading it from the

@@ -51,7 +51,7 @@ func TestRoomPositionsLoadOnceAndNeverGoBack(t *testing.T) {
 	})
 }
 
-func TestRoomPositionsLatestMembershipEvent(t *testing.T) {
+func TestRoomPositionsLatestStateChange(t *testing.T) {
 	storagetest.ForEach(t, func(t *testing.T, db *storage.DB) {
 		ctx := context.Background()
 		if err := db.Migrate(ctx, component, migrations); err != nil {
@@ -61,43 +61,40 @@ func TestRoomPositionsLatestMembershipEvent(t *testing.T) {
 		for i, e := range []struct {
 			room, evType string
 			stateKey     *string
+			adds         string
 		}{
-			{"!a:x", "m.room.member", &join}, {"!a:x", "m.room.message", nil}, {"!b:x", "m.room.message", nil},
+			{"!a:x", "m.room.member", &join, `["$e0"]`}, {"!a:x", "m.room.message", nil, "[]"}, {"!b:x", "m.room.message", nil, "[]"},
 		} {
-			var membership *string
-			if e.stateKey != nil {
-				membership = &join
-			}
 			if _, err := db.Writer().ExecContext(ctx, sqlInsertEvent, "$e"+string(rune('0'+i)), 3+i, e.room, e.evType, "@u:x",
-				e.stateKey, membership, "10", `{}`, "", "", "[]", "[]"); err != nil {
+				e.stateKey, nil, "10", `{}`, "", "", e.adds, "[]"); err != nil {
 				t.Fatal(err)
 			}
 		}
 		r := newRoomPositions()
-		member := func(room string) int64 {
+		state := func(room string) int64 {
 			t.Helper()
 			var pos int64
 			if err := db.ReadTx(ctx, func(tx *sql.Tx) (err error) {
-				pos, err = r.latestMember(ctx, tx, room)
+				pos, err = r.latestState(ctx, tx, room)
 				return err
 			}); err != nil {
 				t.Fatal(err)
 			}
 			return pos
 		}
-		if got := member("!a:x"); got != 3 {
-			t.Errorf("room a's membership event, read from the events: %d, want 3 (not the later message)", got)
+		if got := state("!a:x"); got != 3 {
+			t.Errorf("room a's state change, read from the events: %d, want 3 (not the later message)", got)
 		}
-		if got := member("!b:x"); got != 0 {
-			t.Errorf("room b has no membership event: %d", got)
+		if got := state("!b:x"); got != 0 {
+			t.Errorf("room b's state never changed: %d", got)
 		}
 		r.advance("!b:x", 8, false)
-		if got := member("!b:x"); got != 0 {
-			t.Errorf("a message moved room b's membership position to %d", got)
+		if got := state("!b:x"); got != 0 {
+			t.Errorf("a message moved room b's state position to %d", got)
 		}
 		r.advance("!b:x", 9, true)
 		r.advance("!a:x", 1, true) // never backwards
-		if a, b := member("!a:x"), member("!b:x"); a != 3 || b != 9 {
+		if a, b := state("!a:x"), state("!b:x"); a != 3 || b != 9 {
 			t.Errorf("after advancing: a %d (want 3), b %d (want 9)", a, b)
 		}
 	})

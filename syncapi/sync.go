@@ -488,8 +488,22 @@ func (b *builder) joinedRoom(ctx context.Context, roomID string, full bool, acco
 		Unread:      map[string]int{"notification_count": 0, "highlight_count": 0},
 	}
 	b.setState(&jr.State, &jr.StateAfter, stateEvents)
-	if jr.Summary, err = b.summary(ctx, roomID); err != nil {
-		return nil, err
+	// The summary changes only with the room's state; the spec lets an
+	// incremental sync leave out what has not changed since the last.
+	changed := true
+	if !full && !b.initial {
+		latest, err := b.s.consumer.latest.latestState(ctx, b.tx, roomID)
+		if err != nil {
+			return nil, err
+		}
+		changed = latest > b.since
+	}
+	if changed {
+		if jr.Summary, err = b.summary(ctx, roomID); err != nil {
+			return nil, err
+		}
+	} else {
+		jr.Summary = map[string]any{}
 	}
 	return jr, nil
 }

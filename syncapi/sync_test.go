@@ -102,6 +102,19 @@ func TestInitialAndIncrementalSync(t *testing.T) {
 		if r.Get(rooms + ".timeline.limited").Bool() {
 			t.Error("incremental timeline limited")
 		}
+		// The membership changed: the summary has the new counts.
+		if got := r.Get(rooms + ".summary.m\\.joined_member_count").Int(); got != 2 {
+			t.Errorf("summary after bob joined: %s", r.Get(rooms+".summary").Raw)
+		}
+		// Only a message since: the summary, unchanged, is left out.
+		next = r.Get("next_batch").String()
+		another := sendEvent(t, s, roomID, bob.UserID, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "again"})
+		r = syncUntil(t, s, alice, next, "", func(r gjson.Result) bool {
+			return r.Get(rooms + ".timeline.events.#(event_id==" + another + ")").Exists()
+		})
+		if sum := r.Get(rooms + ".summary"); len(sum.Map()) != 0 {
+			t.Errorf("summary of a sync with no state change: %s", sum.Raw)
+		}
 		// Bob, newly joined, gets the room with its full state.
 		rb := syncUntil(t, s, bob, "", "", func(r gjson.Result) bool { return r.Get(rooms).Exists() })
 		if !rb.Get(rooms+".state.events.#(type==m.room.create)").Exists() && !rb.Get(rooms+".timeline.events.#(type==m.room.create)").Exists() {
