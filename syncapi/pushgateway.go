@@ -12,7 +12,6 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/plexus-chat/plexus/internal/streamconsumer"
 	"github.com/plexus-chat/plexus/storage"
 )
 
@@ -251,12 +250,6 @@ func (g *pushGateway) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-g.wakeCh:
-			// Let a burst's notifications gather, and keep out of the way
-			// while the event that woke us reaches the syncs waiting for
-			// it: a push a moment later costs nobody anything.
-			if !sleepCtx(ctx, streamconsumer.Gather) {
-				return
-			}
 		case <-g.progress:
 		}
 	}
