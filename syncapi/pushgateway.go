@@ -12,6 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/plexus-chat/plexus/internal/streamconsumer"
 	"github.com/plexus-chat/plexus/storage"
 )
 
@@ -250,6 +251,17 @@ func (g *pushGateway) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-g.wakeCh:
+			// Badge updates go at once: they follow receipts, and a late
+			// one could reach pushers set up after the receipt.
+			// Notifications wait a moment: a burst's gather, and the
+			// sender keeps off the CPU while the event that woke it
+			// reaches the syncs waiting for it.
+			if err := g.sendBadges(ctx); err != nil && ctx.Err() == nil {
+				g.log.WithError(err).Warn("reading badge counts failed; retrying with the next notifications")
+			}
+			if !sleepCtx(ctx, streamconsumer.Gather) {
+				return
+			}
 		case <-g.progress:
 		}
 	}
