@@ -161,7 +161,8 @@ type pushGateway struct {
 	workers  map[pusherKey]*pusherWorker
 	// badgeUsers wait for a badge update; lastBadge is the count each
 	// user's devices were last sent (pushgateway_badge.go).
-	badgeUsers map[string]struct{}
+	// (with when their receipt moved: pushers set up later get nothing).
+	badgeUsers map[string]int64
 	lastBadge  map[string]int
 }
 
@@ -186,7 +187,7 @@ func newPushGateway(db *storage.DB, cfg PushGatewayConfig) *pushGateway {
 		progress:   make(chan struct{}, 1),
 		now:        time.Now,
 		workers:    map[pusherKey]*pusherWorker{},
-		badgeUsers: map[string]struct{}{},
+		badgeUsers: map[string]int64{},
 		lastBadge:  map[string]int{},
 	}
 }

@@ -3,6 +3,8 @@ package syncapi
 import (
 	"context"
 	"database/sql"
+
+	"github.com/plexus-chat/plexus/storage"
 )
 
 // Badge updates: when a user's read receipt moves, their unread count may
@@ -27,7 +29,7 @@ func (s *SyncAPI) receiptMoved(userID, receiptType string) {
 	}
 	g.mu.Lock()
 	if len(g.badgeUsers) < maxBadgeUsers {
-		g.badgeUsers[userID] = struct{}{}
+		g.badgeUsers[userID] = storage.NowMillis()
 	}
 	g.mu.Unlock()
 	g.wake()
@@ -47,14 +49,14 @@ func (g *pushGateway) rememberBadge(userID string, n int) {
 func (g *pushGateway) sendBadges(ctx context.Context) error {
 	g.mu.Lock()
 	users := g.badgeUsers
-	g.badgeUsers = map[string]struct{}{}
+	g.badgeUsers = map[string]int64{}
 	g.mu.Unlock()
-	for userID := range users {
+	for userID, movedAt := range users {
 		var keys []pusherKey
 		var badge int
 		err := g.db.ReadTx(ctx, func(tx *sql.Tx) error {
 			var err error
-			if keys, err = httpPushers(ctx, tx, userID); err != nil || len(keys) == 0 {
+			if keys, err = httpPushers(ctx, tx, userID, movedAt); err != nil || len(keys) == 0 {
 				return err
 			}
 			marks, err := readPositions(ctx, tx, userID)
@@ -67,8 +69,8 @@ func (g *pushGateway) sendBadges(ctx context.Context) error {
 		if err != nil {
 			g.mu.Lock() // tried again on the next round
 			for u := range users {
-				if len(g.badgeUsers) < maxBadgeUsers {
-					g.badgeUsers[u] = struct{}{}
+				if _, ok := g.badgeUsers[u]; !ok && len(g.badgeUsers) < maxBadgeUsers {
+					g.badgeUsers[u] = users[u]
 				}
 			}
 			g.mu.Unlock()

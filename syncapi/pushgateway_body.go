@@ -17,7 +17,8 @@ import (
 // attempt from the pusher as it is then.
 
 const (
-	sqlHTTPPushers = `SELECT app_id, pushkey FROM syncapi_pushers WHERE user_id = $1 AND kind = 'http'`
+	// A pusher gets what happened from its creation on, not before.
+	sqlHTTPPushers = `SELECT app_id, pushkey FROM syncapi_pushers WHERE user_id = $1 AND kind = 'http' AND created_ts <= $2`
 	// The user's notifications after each joined room's unthreaded read
 	// receipt, by room and thread (unread.go counts one room the same way).
 	sqlBadgeByRoom = `SELECT n.room_id, n.thread_id, COUNT(*) FROM syncapi_notifications n
@@ -68,7 +69,7 @@ func (g *pushGateway) prepare(ctx context.Context, n pushNotification, events ma
 	var badge int
 	err := g.db.ReadTx(ctx, func(tx *sql.Tx) error {
 		var err error
-		if keys, err = httpPushers(ctx, tx, n.userID); err != nil || len(keys) == 0 {
+		if keys, err = httpPushers(ctx, tx, n.userID, n.ts); err != nil || len(keys) == 0 {
 			return err
 		}
 		marks, err := readPositions(ctx, tx, n.userID)
@@ -146,9 +147,9 @@ func (g *pushGateway) readAlready(ctx context.Context, userID, roomID, threadID 
 	return read, err
 }
 
-// httpPushers lists the user's http pushers.
-func httpPushers(ctx context.Context, tx *sql.Tx, userID string) ([]pusherKey, error) {
-	rows, err := tx.QueryContext(ctx, sqlHTTPPushers, userID)
+// httpPushers lists the user's http pushers set up at or before at (ms).
+func httpPushers(ctx context.Context, tx *sql.Tx, userID string, at int64) ([]pusherKey, error) {
+	rows, err := tx.QueryContext(ctx, sqlHTTPPushers, userID, at)
 	if err != nil {
 		return nil, err
 	}

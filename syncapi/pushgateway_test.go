@@ -442,3 +442,31 @@ func TestPushGatewayReadWhileFailing(t *testing.T) {
 		}
 	})
 }
+
+// TestPushGatewayNewPusherGetsNothingFromBefore: a pusher set up just
+// after a message and a read receipt is sent neither the message's
+// notification nor a badge update for the receipt (both were recorded
+// before it existed), only what comes after it.
+func TestPushGatewayNewPusherGetsNothingFromBefore(t *testing.T) {
+	s := testserver.New(t)
+	gw := newFakeGateway(t)
+	alice := s.Register("alice", "pw")
+	bob := s.Register("bob", "pw")
+	roomID := pushRoom(t, s, alice, bob)
+	read := pushText(t, s, alice, roomID, "read", nil)
+	pushCounts(t, s, bob, roomID, read, "")
+	s.MustOK("POST", roomPath(roomID, "/receipt/m.read/"+url.PathEscape(read)), bob.AccessToken, map[string]any{})
+	old := pushText(t, s, alice, roomID, "old", nil)
+	pushCounts(t, s, bob, roomID, old, "") // its notification is recorded
+	setPusher(t, s, bob, "org.example.app", "new-key", map[string]any{"url": gw.notifyURL()})
+	fresh := pushText(t, s, alice, roomID, "new", nil)
+	n := gw.next(t, 10*time.Second)
+	if n.Get("event_id").String() != fresh {
+		t.Fatalf("first push to the new pusher: %s, want only the message sent after it (%s)", n.Raw, fresh)
+	}
+	select {
+	case n := <-gw.got:
+		t.Fatalf("another push: %s", n.Raw)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
