@@ -48,44 +48,36 @@ func (r *roomPositions) advance(roomID string, pos int64, stateChanged bool) {
 // changed its current state, reading it the first time a room is asked
 // for (after a start).
 func (r *roomPositions) latestState(ctx context.Context, tx *sql.Tx, roomID string) (int64, error) {
-	r.mu.Lock()
-	pos, ok := r.state[roomID]
-	r.mu.Unlock()
-	if ok {
-		return pos, nil
-	}
-	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(pos), 0) FROM syncapi_events
-		WHERE room_id = $1 AND (adds_state <> '[]' OR removes_state <> '[]')`, roomID).Scan(&pos); err != nil {
-		return 0, err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if known, ok := r.state[roomID]; !ok || pos > known {
-		r.state[roomID] = pos
-	}
-	return r.state[roomID], nil
+	return r.known(ctx, tx, r.state, roomID, `SELECT COALESCE(MAX(pos), 0) FROM syncapi_events
+		WHERE room_id = $1 AND (adds_state <> '[]' OR removes_state <> '[]')`)
 }
 
 // latest returns the room's newest event position, reading it from the
 // sync API's events the first time a room is asked for (after a start).
 func (r *roomPositions) latest(ctx context.Context, tx *sql.Tx, roomID string) (int64, error) {
+	return r.known(ctx, tx, r.pos, roomID, `SELECT COALESCE(MAX(pos), 0) FROM syncapi_events WHERE room_id = $1`)
+}
+
+// known returns the room's position in m, reading it with query (which
+// takes the room ID) when the room is not there yet.
+func (r *roomPositions) known(ctx context.Context, tx *sql.Tx, m map[string]int64, roomID, query string) (int64, error) {
 	r.mu.Lock()
-	pos, ok := r.pos[roomID]
+	pos, ok := m[roomID]
 	r.mu.Unlock()
 	if ok {
 		return pos, nil
 	}
-	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(pos), 0) FROM syncapi_events WHERE room_id = $1`, roomID).Scan(&pos); err != nil {
+	if err := tx.QueryRowContext(ctx, query, roomID).Scan(&pos); err != nil {
 		return 0, err
 	}
 	// An event consumed meanwhile may have advanced the room past what
 	// this snapshot saw: keep the larger.
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if known, ok := r.pos[roomID]; !ok || pos > known {
-		r.pos[roomID] = pos
+	if known, ok := m[roomID]; !ok || pos > known {
+		m[roomID] = pos
 	}
-	return r.pos[roomID], nil
+	return m[roomID], nil
 }
 
 // quietRoom reports whether a joined room can be left out of an
