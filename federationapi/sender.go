@@ -90,11 +90,6 @@ type Sender struct {
 // after events that went nowhere (see step).
 const positionInterval = time.Second
 
-// senderDelay is how long the sender lets new events gather after a wake:
-// a burst goes out in fewer transactions, and the sender stays off the
-// CPU while a local send is delivered to the local syncs waiting for it.
-const senderDelay = 10 * time.Millisecond
-
 // txnClient is the part of fclient.FederationClient the sender uses.
 type txnClient interface {
 	SendTransaction(ctx context.Context, t gomatrixserverlib.Transaction) (fclient.RespSend, error)
@@ -179,7 +174,7 @@ func (s *Sender) resume(ctx context.Context) {
 
 // consume reads the output stream until ctx ends.
 func (s *Sender) consume(ctx context.Context) {
-	streamconsumer.LoopAfter(ctx, senderDelay, s.step, func() <-chan struct{} { return s.rs.Notify(s.pos) }, s.log, "queueing room events")
+	streamconsumer.Loop(ctx, s.step, func() <-chan struct{} { return s.rs.Notify(s.pos) }, s.log, "queueing room events")
 }
 
 // step queues one batch of the stream and returns how many entries it

@@ -124,14 +124,6 @@ func Loop(ctx context.Context, step func(context.Context) (int, error), notify f
 	loop(ctx, 0, nil, step, notify, log, what)
 }
 
-// LoopAfter is Loop, waiting delay after each wake before it reads: for
-// consumers that send elsewhere (other servers), so that they take a
-// burst at once and keep off the CPU while the event that woke them is
-// delivered to the syncs waiting for it.
-func LoopAfter(ctx context.Context, delay time.Duration, step func(context.Context) (int, error), notify func() <-chan struct{}, log *logrus.Entry, what string) {
-	loop(ctx, delay, nil, step, notify, log, what)
-}
-
 // loop is Loop, waiting gather after each wake unless hurry's channel
 // closes first.
 func loop(ctx context.Context, gather time.Duration, hurry func() <-chan struct{}, step func(context.Context) (int, error), notify func() <-chan struct{}, log *logrus.Entry, what string) {
