@@ -1,16 +1,15 @@
 package syncapi
 
 import (
-	"sync/atomic"
-
 	"context"
 	"database/sql"
 	"errors"
 	"net/http"
-
-	"github.com/plexus-chat/plexus/storage"
+	"sync/atomic"
 
 	"github.com/gorilla/mux"
+
+	"github.com/plexus-chat/plexus/storage"
 )
 
 // registerDeviceMessagingRoutes adds send-to-device and presence.
