@@ -131,24 +131,8 @@ func scanEvent(row scanner) (*storedEvent, error) {
 	ev.before, ev.after = state.SnapshotNID(before), state.SnapshotNID(after)
 	ev.roomVersion = gomatrixserverlib.RoomVersion(ver)
 	var err error
-	ev.pdu, err = parsedPDUs.Parse(ver, eventID, eventJSON, redacted, func() (gomatrixserverlib.PDU, error) {
-		return parseStored(ver, eventID, eventJSON, redacted)
-	})
+	ev.pdu, err = parsedPDUs.Parse(ver, eventID, eventJSON, redacted)
 	return &ev, err
-}
-
-// parseStored rebuilds a PDU from its stored JSON, trusted because it was
-// checked on the way in.
-func parseStored(version, eventID, eventJSON string, redacted bool) (gomatrixserverlib.PDU, error) {
-	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
-	if err != nil {
-		return nil, err
-	}
-	pdu, err := verImpl.NewEventFromTrustedJSONWithEventID(eventID, []byte(eventJSON), redacted)
-	if err != nil {
-		return nil, fmt.Errorf("stored event %s: %w", eventID, err)
-	}
-	return pdu, nil
 }
 
 func (r *Roomserver) eventByID(ctx context.Context, q storage.Querier, eventID string) (*storedEvent, error) {

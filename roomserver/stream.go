@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"sync"
 
+	"github.com/plexus-chat/plexus/internal/pducache"
 	"github.com/plexus-chat/plexus/roomserver/api"
 	"github.com/plexus-chat/plexus/storage"
 )
@@ -120,7 +121,7 @@ func (r *Roomserver) outputFromDB(ctx context.Context, position, upTo int64, lim
 			&before, &after, &ev.position, &redacted, &eventJSON); err != nil {
 			return nil, err
 		}
-		pdu, err := parseStored(ver, eventID, eventJSON, redacted)
+		pdu, err := pducache.ParseStored(ver, eventID, eventJSON, redacted)
 		if err != nil {
 			return nil, err
 		}

@@ -31,8 +31,8 @@ func (s *SyncAPI) requireJoined(ctx context.Context, roomID, userID string) erro
 	return err
 }
 
-// sqlJoinedRoomsWithMember lists the rooms the user is joined to, with
-// the position of the join and the member event (for the display name).
+// sqlJoinedRoomsSince lists the rooms the user is joined to, with the
+// position of the join.
 const sqlJoinedRoomsSince = `SELECT room_id, pos FROM syncapi_current_state
 	WHERE type = 'm.room.member' AND state_key = $1 AND membership = 'join'`
 

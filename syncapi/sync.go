@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/plexus-chat/plexus/internal/pducache"
-
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/tidwall/gjson"
@@ -22,6 +20,7 @@ import (
 	"github.com/plexus-chat/plexus/internal/clientevent"
 	"github.com/plexus-chat/plexus/internal/eventfilter"
 	"github.com/plexus-chat/plexus/internal/httputil"
+	"github.com/plexus-chat/plexus/internal/pducache"
 )
 
 const (
@@ -756,13 +755,7 @@ func queryEvents(ctx context.Context, q interface {
 
 func parseEvent(version, eventID, js string) (gomatrixserverlib.PDU, error) {
 	redacted := gjson.Get(js, "unsigned.redacted_because").Exists()
-	return parsedEvents.Parse(version, eventID, js, redacted, func() (gomatrixserverlib.PDU, error) {
-		verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
-		if err != nil {
-			return nil, err
-		}
-		return verImpl.NewEventFromTrustedJSONWithEventID(eventID, []byte(js), redacted)
-	})
+	return parsedEvents.Parse(version, eventID, js, redacted)
 }
 
 // parsedEvents keeps parsed stored events (internal/pducache): syncs and

@@ -8,6 +8,7 @@
 package pducache
 
 import (
+	"fmt"
 	"hash/maphash"
 	"sync"
 
@@ -19,6 +20,7 @@ type Cache struct {
 	mu      sync.Mutex
 	max     int
 	entries map[key]gomatrixserverlib.PDU
+	parse   func(version, eventID, eventJSON string, redacted bool) (gomatrixserverlib.PDU, error)
 }
 
 type key struct {
@@ -33,12 +35,27 @@ var seed = maphash.MakeSeed()
 // over, which keeps the hot events (they are read again at once) without
 // the bookkeeping of an LRU.
 func New(max int) *Cache {
-	return &Cache{max: max, entries: map[key]gomatrixserverlib.PDU{}}
+	return &Cache{max: max, entries: map[key]gomatrixserverlib.PDU{}, parse: ParseStored}
 }
 
-// Parse returns the event stored as eventJSON, parsed by parse unless the
-// same stored row was parsed before.
-func (c *Cache) Parse(version, eventID, eventJSON string, redacted bool, parse func() (gomatrixserverlib.PDU, error)) (gomatrixserverlib.PDU, error) {
+// ParseStored rebuilds a PDU from its stored JSON, trusted because it was
+// checked on the way in; redacted says the stored JSON is the redacted
+// form.
+func ParseStored(version, eventID, eventJSON string, redacted bool) (gomatrixserverlib.PDU, error) {
+	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
+	if err != nil {
+		return nil, err
+	}
+	pdu, err := verImpl.NewEventFromTrustedJSONWithEventID(eventID, []byte(eventJSON), redacted)
+	if err != nil {
+		return nil, fmt.Errorf("stored event %s: %w", eventID, err)
+	}
+	return pdu, nil
+}
+
+// Parse returns the event stored as eventJSON (ParseStored's), parsed
+// again only when the same stored row was not parsed before.
+func (c *Cache) Parse(version, eventID, eventJSON string, redacted bool) (gomatrixserverlib.PDU, error) {
 	k := key{eventID: eventID, version: version, redacted: redacted, sum: maphash.String(seed, eventJSON)}
 	c.mu.Lock()
 	pdu, ok := c.entries[k]
@@ -46,7 +63,7 @@ func (c *Cache) Parse(version, eventID, eventJSON string, redacted bool, parse f
 	if ok {
 		return pdu, nil
 	}
-	pdu, err := parse()
+	pdu, err := c.parse(version, eventID, eventJSON, redacted)
 	if err != nil {
 		return nil, err
 	}

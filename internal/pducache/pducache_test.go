@@ -17,16 +17,11 @@ func TestPDUCacheFollowsStoredBytes(t *testing.T) {
 	msg := r.Send(alice, "secret").Last()
 	c := New(100)
 	parses := 0
-	parse := func(version, eventID, eventJSON string, redacted bool) (gomatrixserverlib.PDU, error) {
-		return c.Parse(version, eventID, eventJSON, redacted, func() (gomatrixserverlib.PDU, error) {
-			parses++
-			verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
-			if err != nil {
-				return nil, err
-			}
-			return verImpl.NewEventFromTrustedJSONWithEventID(eventID, []byte(eventJSON), redacted)
-		})
+	c.parse = func(version, eventID, eventJSON string, redacted bool) (gomatrixserverlib.PDU, error) {
+		parses++
+		return ParseStored(version, eventID, eventJSON, redacted)
 	}
+	parse := c.Parse
 
 	first, err := parse(string(msg.Version()), msg.EventID(), string(msg.JSON()), false)
 	if err != nil {
