@@ -119,12 +119,11 @@ func escapeLabel(v string) string { return labelEscaper.Replace(v) }
 func writeRuntimeMetrics(w *bufio.Writer) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	gauge := func(name, help string, v float64) {
-		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s gauge\n%s %s\n", name, help, name, name, strconv.FormatFloat(v, 'g', -1, 64))
+	metric := func(kind, name, help string, v float64) {
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n%s %s\n", name, help, name, kind, name, strconv.FormatFloat(v, 'g', -1, 64))
 	}
-	counter := func(name, help string, v float64) {
-		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n%s %s\n", name, help, name, name, strconv.FormatFloat(v, 'g', -1, 64))
-	}
+	gauge := func(name, help string, v float64) { metric("gauge", name, help, v) }
+	counter := func(name, help string, v float64) { metric("counter", name, help, v) }
 	gauge("go_goroutines", "Number of goroutines that currently exist.", float64(runtime.NumGoroutine()))
 	gauge("go_memstats_alloc_bytes", "Number of bytes allocated in heap and currently in use.", float64(ms.Alloc))
 	counter("go_memstats_alloc_bytes_total", "Total number of bytes allocated in heap until now.", float64(ms.TotalAlloc))
