@@ -68,10 +68,13 @@ type streamHeads struct {
 }
 
 func (h *streamHeads) of(stream string) *atomic.Int64 {
-	if stream == streamToDevice {
+	switch stream {
+	case streamToDevice:
 		return &h.toDevice
+	case streamPresence:
+		return &h.presence
 	}
-	return &h.presence
+	panic("syncapi: no head for the stream " + stream)
 }
 
 func (h *streamHeads) advance(stream string, pos int64) {
