@@ -30,13 +30,21 @@ import (
 // gets an m.signing_key_update too.
 
 // isLocalJoin reports whether an event of the stream is a local user's
-// join that is now in the room's state and was not a join before (a
-// profile change is a join after a join). It reads the membership it
-// replaced, so it costs one event read per local join.
+// new join (see isNewJoin).
 func (s *Sender) isLocalJoin(ctx context.Context, out rsapi.OutputEvent) (string, bool, error) {
+	if k := out.Event.StateKey(); k == nil || userServerName(*k) != s.self {
+		return "", false, nil
+	}
+	return s.isNewJoin(ctx, out)
+}
+
+// isNewJoin reports whether an event of the stream is a join that is now
+// in the room's state and was not a join before (a profile change is a
+// join after a join), and whose join it is. It reads the membership it replaced, so
+// it costs one event read per join.
+func (s *Sender) isNewJoin(ctx context.Context, out rsapi.OutputEvent) (string, bool, error) {
 	ev := out.Event
-	if ev.Type() != spec.MRoomMember || ev.StateKey() == nil || userServerName(*ev.StateKey()) != s.self ||
-		!slices.Contains(out.AddsState, ev.EventID()) {
+	if ev.Type() != spec.MRoomMember || ev.StateKey() == nil || !slices.Contains(out.AddsState, ev.EventID()) {
 		return "", false, nil
 	}
 	if m, err := ev.Membership(); err != nil || m != spec.Join {

@@ -19,21 +19,31 @@ import (
 // next asked about (keyserver/remote.go), which is too late when the
 // next question comes after a room is shared again.
 //
-// The sender calls memberLeft for every membership change in the
-// stream, local or remote: a remote user who left is checked; when a
-// local user's leave takes the last of our users out of a room, the
-// room's remote members are (one read of the room's state, once per room
-// we stop being in).
+// The sender calls membershipChanged for every event in the stream,
+// local or remote: a remote user who left is checked; when a local user's
+// leave takes the last of our users out of a room, the room's remote
+// members are (one read of the room's state, once per room we stop being
+// in).
+//
+// Whether a leave leaves a user unshared is read from the current state,
+// which may already hold their next join (the sender reads the stream a
+// moment after it is written): so a remote user's new join also drops
+// their cached list. It may have gone stale while no room was shared, and
+// the next query (or their server's announcement) brings it afresh.
 
-// memberLeft forgets the cached lists that a leave (or kick, or ban)
-// leaves unshared.
-func (d *DeviceListSender) memberLeft(ctx context.Context, out rsapi.OutputEvent) error {
+// membershipChanged forgets the cached lists that a leave (or kick, or
+// ban) leaves unshared, and a remote user's list when they join.
+func (d *DeviceListSender) membershipChanged(ctx context.Context, out rsapi.OutputEvent) error {
 	ev := out.Event
 	if ev.Type() != spec.MRoomMember || ev.StateKey() == nil || !slices.Contains(out.AddsState, ev.EventID()) {
 		return nil
 	}
-	if m, err := ev.Membership(); err != nil || m == spec.Join || m == spec.Invite || m == spec.Knock {
+	m, err := ev.Membership()
+	if err != nil || m == spec.Invite || m == spec.Knock {
 		return nil
+	}
+	if m == spec.Join {
+		return d.remoteJoined(ctx, out)
 	}
 	member := *ev.StateKey()
 	candidates := []string{member}
@@ -79,6 +89,22 @@ func (d *DeviceListSender) memberLeft(ctx context.Context, out rsapi.OutputEvent
 		}
 	}
 	return nil
+}
+
+// remoteJoined forgets the cached list of a remote user who joined a room
+// (not a profile change of one who was in it).
+func (d *DeviceListSender) remoteJoined(ctx context.Context, out rsapi.OutputEvent) error {
+	if userServerName(*out.Event.StateKey()) == d.s.self {
+		return nil
+	}
+	if _, cached, err := d.keys.RemoteDeviceListStreamID(ctx, *out.Event.StateKey()); err != nil || !cached {
+		return err
+	}
+	userID, ok, err := d.s.isNewJoin(ctx, out)
+	if err != nil || !ok {
+		return err
+	}
+	return d.keys.ForgetRemoteDeviceList(ctx, userID)
 }
 
 // weAreIn reports whether a local user is joined to the room now.

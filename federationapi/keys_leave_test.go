@@ -74,3 +74,24 @@ func TestDeviceListForgottenWhenTheyLeave(t *testing.T) {
 		ksWaitUncached(t, b, alice.UserID, "b to drop alice's list after she left")
 	})
 }
+
+// TestDeviceListForgottenWhenTheyJoin: alice joins another room of b's,
+// so b drops her cached list and asks a afresh when next queried. Her
+// leave and rejoin of a room may reach b's sender only after both are in
+// the room's state; the leave then looks like no change, and only the
+// join can drop a list that went stale while no room was shared
+// (Complement's TestDeviceListUpdates/when_remote_user_rejoins_a_room).
+func TestDeviceListForgottenWhenTheyJoin(t *testing.T) {
+	ksDatabases(t, func(t *testing.T, opts ...testserver.Option) {
+		a, b, alice, bob, _ := ksCachedRoomMates(t, opts...)
+		other := b.MustOK("POST", "/_matrix/client/v3/createRoom", bob.AccessToken, map[string]any{"preset": "public_chat"}).Get("room_id").Str
+		a.MustOK("POST", "/_matrix/client/v3/join/"+url.PathEscape(other)+"?server_name="+url.QueryEscape(b.ServerName()), alice.AccessToken, map[string]any{})
+		ksWaitUncached(t, b, alice.UserID, "b to drop alice's list after she joined another room")
+		r := ksQueryUntil(t, b, bob, alice.UserID, "alice's device on b again", func(r gjson.Result) bool {
+			return len(ksDevices(r, alice.UserID)) == 1
+		})
+		if len(r.Get("failures").Map()) != 0 {
+			t.Fatalf("query: %s", r.Raw)
+		}
+	})
+}

@@ -79,7 +79,7 @@ func NewDeviceListSender(ctx context.Context, s *Sender, keys DeviceListSource) 
 		}
 	}
 	d := &DeviceListSender{s: s, keys: keys, pos: pos, log: logrus.WithField("component", "federationapi.devicelists")}
-	s.localJoin, s.memberLeft = d.announceJoin, d.memberLeft // before the sender starts
+	s.localJoin, s.membershipChanged = d.announceJoin, d.membershipChanged // before the sender starts
 	return d, nil
 }
 

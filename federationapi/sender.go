@@ -77,9 +77,10 @@ type Sender struct {
 	// localJoin, when set, announces a local user's device list to the
 	// servers of a room they joined (keys_join.go).
 	localJoin func(ctx context.Context, out rsapi.OutputEvent, dests []spec.ServerName) error
-	// memberLeft, when set, sees every event of the stream and forgets
-	// the cached device lists a leave leaves unshared (keys_leave.go).
-	memberLeft func(ctx context.Context, out rsapi.OutputEvent) error
+	// membershipChanged, when set, sees every event of the stream and
+	// forgets the cached device lists a leave leaves unshared or a remote
+	// user's join may have let go stale (keys_leave.go).
+	membershipChanged func(ctx context.Context, out rsapi.OutputEvent) error
 	// fed is nil in unit tests.
 	fed *FederationAPI
 	// handed are our events servers took in a membership handshake.
@@ -192,8 +193,8 @@ func (s *Sender) step(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	for _, out := range batch {
-		if s.memberLeft != nil {
-			if err := s.memberLeft(ctx, out); err != nil {
+		if s.membershipChanged != nil {
+			if err := s.membershipChanged(ctx, out); err != nil {
 				s.log.WithError(err).WithField("event_id", out.Event.EventID()).Warn("cannot check the device lists a leave leaves unshared")
 			}
 		}
